@@ -1,0 +1,215 @@
+"""Forward passes of :class:`~mlquant.models.HFModel` (private; imports torch).
+
+* ``score_groups``: log-likelihood of continuations. Each batch of distinct contexts runs once (right-padded,
+  key/value cache kept); the cache rows are then selected for every continuation of those contexts, and the
+  continuations run on top with explicit position ids. The LM head is applied only at the scored positions.
+* ``rolling_logprobs``: log-likelihood of whole texts, LM head applied in chunks of positions.
+* ``generate_batched``: left-padded batched generation with stop strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mlquant.requests import GenerateRequest, LoglikelihoodResult, RollingRequest, RollingResult
+
+if TYPE_CHECKING:
+    from mlquant.models import HFModel
+
+#: Hidden-state positions sent through the LM head at once (bounds the [positions, vocab] logits buffer).
+HEAD_CHUNK = 256
+
+
+def _right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def _gather_logprobs(model: HFModel, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position log P(target) and whether the target is the argmax, for hidden [n, d] and targets [n]."""
+    lps, greedy = [], []
+    for start in range(0, hidden.shape[0], HEAD_CHUNK):
+        lp = model._logprobs_at(hidden[start : start + HEAD_CHUNK])
+        t = targets[start : start + HEAD_CHUNK]
+        lps.append(lp.gather(1, t[:, None])[:, 0])
+        greedy.append(lp.argmax(dim=-1) == t)
+    return torch.cat(lps), torch.cat(greedy)
+
+
+def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+@torch.inference_mode()
+def score_groups(
+    model: HFModel, groups: dict[tuple[int, ...], list[tuple[int, list[int]]]]
+) -> Iterator[tuple[int, LoglikelihoodResult]]:
+    """Yield (request index, result) for every continuation of every context group."""
+    from transformers import DynamicCache
+
+    device = model.device
+    body = model._body()
+    pad = model.tokenizer.pad_token_id or 0
+    # Longest contexts first: similar lengths share a batch, and memory problems show up at once.
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+    for batch in _batches(ordered, model.batch_size):
+        contexts = [list(ctx) for ctx, _ in batch]
+        ctx_len = torch.tensor([len(c) for c in contexts])
+        ids, mask = _right_pad(contexts, pad)
+        cache = DynamicCache()
+        out = body(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=True)
+        model.n_forward += 1
+        last_hidden = out.last_hidden_state[torch.arange(len(contexts)), ctx_len - 1]
+        # Every continuation of the batch: (group row, request index, tokens).
+        rows = [(g, idx, cont) for g, (_, conts) in enumerate(batch) for idx, cont in conts]
+        rows.sort(key=lambda r: -len(r[2]))
+        for chunk in _batches(rows, model.batch_size):
+            sel = torch.tensor([g for g, _, _ in chunk])
+            first_lp, first_greedy = _gather_logprobs(
+                model, last_hidden[sel.to(device)], torch.tensor([c[0] for _, _, c in chunk], device=device)
+            )
+            # Feed all continuation tokens but the last; each predicts the next one.
+            tails = [c[:-1] for _, _, c in chunk]
+            longest = max(len(t) for t in tails)
+            if longest == 0:
+                for k, (_, idx, _) in enumerate(chunk):
+                    yield idx, LoglikelihoodResult(float(first_lp[k]), bool(first_greedy[k]), 1)
+                continue
+            tail_ids, tail_mask = _right_pad([t if t else [pad] for t in tails], pad)
+            for k, t in enumerate(tails):
+                if not t:
+                    tail_mask[k, 0] = 0
+            sub = DynamicCache(
+                ddp_cache_data=[(layer.keys[sel.to(device)], layer.values[sel.to(device)]) for layer in cache.layers]
+            )
+            full_mask = torch.cat([mask[sel], tail_mask], dim=1)
+            positions = ctx_len[sel][:, None] + torch.arange(longest)[None, :]
+            out2 = body(
+                input_ids=tail_ids.to(device),
+                attention_mask=full_mask.to(device),
+                position_ids=positions.to(device),
+                past_key_values=sub,
+                use_cache=True,
+            )
+            model.n_forward += 1
+            hid, targets, owner = [], [], []
+            for k, (_, _, cont) in enumerate(chunk):
+                n = len(cont) - 1
+                if n:
+                    hid.append(out2.last_hidden_state[k, :n])
+                    targets.extend(cont[1:])
+                    owner.extend([k] * n)
+            lp, greedy = _gather_logprobs(model, torch.cat(hid), torch.tensor(targets, device=device))
+            own = torch.tensor(owner, device=device)
+            total = first_lp.clone().double().index_add_(0, own, lp.double())
+            bad = torch.zeros(len(chunk), dtype=torch.long, device=device).index_add_(0, own, (~greedy).long())
+            for k, (_, idx, cont) in enumerate(chunk):
+                yield idx, LoglikelihoodResult(float(total[k]), bool(first_greedy[k]) and int(bad[k]) == 0, len(cont))
+
+
+@torch.inference_mode()
+def rolling_logprobs(model: HFModel, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+    """Sum of log P(token) over each text (all tokens after BOS), in disjoint windows of ``max_length``."""
+    device = model.device
+    body = model._body()
+    pad = model.tokenizer.pad_token_id or 0
+    prefix = model._prefix_ids()
+    windows: list[tuple[int, list[int], int]] = []  # (request, input tokens, number of leading context tokens)
+    for i, req in enumerate(requests):
+        ids = list(model.tokenizer(req.text, add_special_tokens=False)["input_ids"])
+        step = model.max_length - len(prefix)
+        for start in range(0, max(len(ids), 1), step):
+            windows.append((i, prefix + ids[start : start + step], len(prefix)))
+    order = sorted(range(len(windows)), key=lambda w: -len(windows[w][1]))
+    sums = [0.0] * len(requests)
+    counts = [0] * len(requests)
+    for chunk in _batches(order, model.batch_size):
+        rows = [windows[w][1] for w in chunk]
+        ids, mask = _right_pad(rows, pad)
+        out = body(input_ids=ids.to(device), attention_mask=mask.to(device))
+        model.n_forward += 1
+        hid, targets, owner = [], [], []
+        for k, w in enumerate(chunk):
+            req_i, toks, _ = windows[w]
+            n = len(toks) - 1
+            if n > 0:
+                hid.append(out.last_hidden_state[k, :n])
+                targets.extend(toks[1:])
+                owner.extend([req_i] * n)
+        if not hid:
+            continue
+        lp, _ = _gather_logprobs(model, torch.cat(hid), torch.tensor(targets, device=device))
+        for req_i, value in zip(owner, lp.double().tolist()):
+            sums[req_i] += value
+            counts[req_i] += 1
+    return [RollingResult(sums[i], counts[i], len(r.text.encode("utf-8"))) for i, r in enumerate(requests)]
+
+
+class _StopOnStrings:
+    """Stopping criterion: every row has produced one of its stop strings (checked on the decoded new text)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = []
+        for row in input_ids[:, self.prompt_width :]:
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            done.append(any(s in text for s in self.stops))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+@torch.inference_mode()
+def generate_batched(model: HFModel, requests: Sequence[GenerateRequest]) -> list[str]:
+    """Generate for each request; requests with the same decoding parameters share left-padded batches."""
+    from transformers import StoppingCriteriaList
+
+    tok = model.tokenizer
+    device = model.device
+    pad = tok.pad_token_id or 0
+    eos = tok.eos_token_id
+    encoded = [model._encode(r.context) for r in requests]
+    results: list[str] = [""] * len(requests)
+    by_params: dict[tuple[Any, ...], list[int]] = {}
+    for i, r in enumerate(requests):
+        by_params.setdefault((r.stop, r.max_new_tokens, r.temperature, r.top_p, r.seed), []).append(i)
+    for (stop, max_new, temperature, top_p, seed), idxs in by_params.items():
+        idxs = sorted(idxs, key=lambda i: -len(encoded[i]))
+        for chunk in _batches(idxs, model.batch_size):
+            rows = [encoded[i][-(model.max_length - max_new) :] for i in chunk]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for k, r in enumerate(rows):
+                ids[k, width - len(r) :] = torch.tensor(r)
+                mask[k, width - len(r) :] = 1
+            kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+            if temperature > 0:
+                kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+                torch.manual_seed(seed)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            out = model.torch_model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                stopping_criteria=StoppingCriteriaList([_StopOnStrings(tok, stop, width)]) if stop else None,
+                **kwargs,
+            )
+            model.n_forward += 1
+            for k, i in enumerate(chunk):
+                results[i] = tok.decode(out[k, width:], skip_special_tokens=True)
+    return results

@@ -1,0 +1,304 @@
+"""Models: the :class:`Model` protocol, the transformers-backed :class:`HFModel`, and a scripted :class:`FakeModel`.
+
+The contract follows lm-evaluation-harness's ``LM``: batched ``loglikelihood`` of continuations,
+``loglikelihood_rolling`` for perplexity, and ``generate`` until stop sequences. ``HFModel`` computes
+log-likelihoods from hidden states and applies the LM head only at the positions being scored, runs each
+shared context once (its key/value cache is reused by every option), and batches by length.
+
+Example:
+    >>> import mlquant as mq  # doctest: +SKIP
+    >>> model = mq.load_model("gemma3-270m")  # doctest: +SKIP
+    >>> model.loglikelihood([mq.LoglikelihoodRequest("The capital of France is", " Paris")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from mlquant._loading import DEFAULT_MODEL, ModelSource, load_pretrained, resolve_source
+from mlquant.errors import ConfigError
+from mlquant.quantize import BASELINES, QuantSpec
+from mlquant.requests import (
+    GenerateRequest,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    RollingRequest,
+    RollingResult,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Model", "HFModel", "FakeModel", "load_model", "DEFAULT_MODEL"]
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What a task needs from a model."""
+
+    name: str
+
+    def fingerprint(self) -> str:
+        """Identity of the model *including* its quantization: the request cache is keyed by it."""
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]: ...
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]: ...
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]: ...
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class FakeModel:
+    """A scripted model for unit tests: answers come from functions you give it; calls are counted.
+
+    Args:
+        loglikelihood: maps (context, continuation) to a log-probability (default: minus the continuation length).
+        generate: maps a context to a generated text (default: empty string).
+        rolling: maps a text to its log-probability (default: minus its length in bytes).
+        name: model name (part of the fingerprint).
+
+    Example:
+        >>> m = FakeModel(generate=lambda ctx: "The answer is 42.")
+        >>> m.generate([GenerateRequest("Q")])
+        ['The answer is 42.']
+        >>> m.calls
+        1
+    """
+
+    def __init__(
+        self,
+        loglikelihood: Callable[[str, str], float] | None = None,
+        generate: Callable[[str], str] | None = None,
+        rolling: Callable[[str], float] | None = None,
+        name: str = "fake",
+        spec: QuantSpec | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec or QuantSpec.parse("fp32")
+        self._ll = loglikelihood or (lambda ctx, cont: -float(len(cont)))
+        self._gen = generate or (lambda ctx: "")
+        self._roll = rolling or (lambda text: -float(len(text.encode("utf-8"))))
+        self.calls = 0
+        self.requests_seen = 0
+
+    def fingerprint(self) -> str:
+        return _digest({"model": self.name, "quant": self.spec.fingerprint()})
+
+    def signature(self) -> str:
+        return f"model:{self.name}"
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        self.calls += 1
+        self.requests_seen += len(requests)
+        return [LoglikelihoodResult(float(self._ll(r.context, r.continuation)), False, 1) for r in requests]
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+        self.calls += 1
+        self.requests_seen += len(requests)
+        return [RollingResult(float(self._roll(r.text)), len(r.text), len(r.text.encode("utf-8"))) for r in requests]
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        self.calls += 1
+        self.requests_seen += len(requests)
+        return [_cut_at_stop(self._gen(r.context), r.stop) for r in requests]
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+class HFModel:
+    """A transformers causal LM behind the :class:`Model` protocol.
+
+    Build it with :func:`load_model`; quantizers return new ``HFModel`` objects through :meth:`derive`.
+
+    Attributes:
+        torch_model: the ``transformers`` model (``PreTrainedModel``).
+        tokenizer: its tokenizer.
+        source: where the weights came from (id, file hash, revision).
+        spec: the quantization spec applied (a baseline spec for the unquantized model).
+        batch_size: rows per forward pass.
+        n_forward: forward passes run so far (used by tests and benchmarks).
+    """
+
+    def __init__(
+        self,
+        torch_model: Any,
+        tokenizer: Any,
+        source: ModelSource,
+        spec: QuantSpec,
+        *,
+        batch_size: int = 16,
+        max_length: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        self.torch_model = torch_model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.spec = spec
+        self.batch_size = batch_size
+        cfg_max = getattr(torch_model.config, "max_position_embeddings", None) or 2048
+        self.max_length = int(max_length or min(cfg_max, 4096))
+        self.n_forward = 0
+        self.quant_report: Any = None
+        self.name = source.model_id
+
+    # ----- identity -------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.torch_model.parameters()).device
+
+    def fingerprint(self) -> str:
+        """sha256 over model id, revision or file hash, dtype and the full quantization spec."""
+        return _digest(
+            {
+                "model": self.source.model_id,
+                "revision": self.source.revision,
+                "file_sha256": self.source.file_sha256,
+                "quant": self.spec.fingerprint(),
+            }
+        )
+
+    def signature(self) -> str:
+        rev = self.source.revision or (self.source.file_sha256 or "")[:12] or "main"
+        return f"model:{self.source.model_id}@{rev}"
+
+    def derive(self, torch_model: Any, spec: QuantSpec) -> HFModel:
+        """A new HFModel sharing tokenizer and source, with other weights and spec (used by quantizers)."""
+        return HFModel(torch_model, self.tokenizer, self.source, spec, batch_size=self.batch_size, max_length=self.max_length)
+
+    def copy_torch_model(self) -> Any:
+        """A deep copy of the torch model, for a quantizer to modify."""
+        return copy.deepcopy(self.torch_model)
+
+    def to_dtype(self, dtype: str) -> HFModel:
+        """This model in another baseline dtype (itself when it already has it)."""
+        import torch
+
+        spec = QuantSpec(method="none", dtype=dtype)
+        if not self.spec.is_baseline:
+            raise ConfigError("to_dtype() applies to an unquantized model only.")
+        if self.spec.dtype == dtype:
+            return self
+        return self.derive(self.copy_torch_model().to(getattr(torch, dtype)), spec)
+
+    # ----- tokenization ---------------------------------------------------------------------------------------------
+    def _prefix_ids(self) -> list[int]:
+        tok = self.tokenizer
+        if tok.bos_token_id is not None:
+            return [tok.bos_token_id]
+        return [tok.eos_token_id]
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._prefix_ids() + list(ids)
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        # As lm-eval: trailing whitespace of the context belongs to the continuation.
+        n_space = len(context) - len(context.rstrip())
+        if n_space:
+            continuation = context[-n_space:] + continuation
+            context = context[:-n_space]
+        ctx = self._encode(context)
+        whole = self._encode(context + continuation)
+        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+            return ctx, whole[len(ctx) :]
+        return ctx, list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+
+    # ----- scoring --------------------------------------------------------------------------------------------------
+    def _body(self) -> Any:
+        return getattr(self.torch_model, self.torch_model.base_model_prefix)
+
+    def _logprobs_at(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log-softmax over the vocabulary for hidden states [n, d] (the LM head applied only there)."""
+        import torch
+
+        logits = self.torch_model.get_output_embeddings()(hidden).float()
+        cap = getattr(self.torch_model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.log_softmax(logits, dim=-1)
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        """log P(continuation | context) for each request.
+
+        Requests with the same context form a group: the context runs once and its key/value cache serves every
+        continuation of the group. Groups are sorted by context length and batched ``batch_size`` at a time.
+        """
+        from mlquant._forward import score_groups
+
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, req in enumerate(requests):
+            ctx, cont = self._encode_pair(req.context, req.continuation)
+            if not cont:
+                raise ConfigError(f"request {i}: the continuation {req.continuation!r} encodes to no tokens.")
+            if len(ctx) + len(cont) > self.max_length:
+                keep = self.max_length - len(cont)
+                ctx = ctx[:1] + ctx[len(ctx) - keep + 1 :]
+            groups.setdefault(tuple(ctx), []).append((i, cont))
+        out: list[LoglikelihoodResult | None] = [None] * len(requests)
+        for idx, result in score_groups(self, groups):
+            out[idx] = result
+        return [r for r in out if r is not None]
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+        """log P(text) of each text, every token after BOS scored (disjoint windows of ``max_length``)."""
+        from mlquant._forward import rolling_logprobs
+
+        return rolling_logprobs(self, requests)
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Greedy (or seeded nucleus) generation, batched by length, cut at each request's stop sequences."""
+        from mlquant._forward import generate_batched
+
+        return [_cut_at_stop(text, r.stop) for text, r in zip(generate_batched(self, requests), requests)]
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    gguf_file: str | None = None,
+    device: str | None = None,
+    batch_size: int = 16,
+) -> HFModel:
+    """Load a causal LM: ``"gemma3-270m"`` (the embedded default), a hub id, a local folder or a ``.gguf`` file.
+
+    Args:
+        name: model name or path.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        revision: hub revision (commit or tag) for reproducibility.
+        gguf_file: a GGUF file inside the folder or hub repository ``name``.
+        device: torch device (default: CPU, or what the model was loaded on).
+        batch_size: rows per forward pass.
+
+    Example:
+        >>> model = load_model("gemma3-270m")  # doctest: +SKIP
+        >>> model.spec.label  # doctest: +SKIP
+        'fp32'
+    """
+    if dtype not in BASELINES.values():
+        raise ConfigError(f"load_model: dtype {dtype!r} is not one of {sorted(BASELINES.values())}.")
+    source = resolve_source(name, revision=revision, gguf_file=gguf_file)
+    if source.note:
+        log.warning("%s: %s", source.model_id, source.note)
+    torch_model, tok = load_pretrained(source, dtype, device)
+    return HFModel(torch_model, tok, source, QuantSpec(method="none", dtype=dtype), batch_size=batch_size)
