@@ -153,7 +153,10 @@ def languages_dir() -> Path:
     env = os.environ.get("MLQUANT_LANGUAGES_DIR")
     if env:
         return Path(env)
-    return Path(str(resources.files("mlquant.language_data")))
+    checkout = Path(__file__).resolve().parent.parent / "languages"
+    if checkout.is_dir():  # a source checkout or an editable install
+        return checkout
+    return Path(str(resources.files("mlquant.language_data")))  # a wheel: the files ship inside the package
 
 
 def _fail(path: Path, msg: str) -> ConfigError:
