@@ -34,6 +34,8 @@ _LAZY = {
     "Results": "mlquant.results",
     "read_results": "mlquant.results",
     "stats": "mlquant.stats",
+    "report": "mlquant.report",
+    "results": "mlquant.results",
 }
 
 __all__ = [

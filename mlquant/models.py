@@ -34,7 +34,7 @@ from mlquant.requests import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Model", "HFModel", "FakeModel", "load_model", "DEFAULT_MODEL"]
+__all__ = ["Model", "HFModel", "FakeModel", "load_model", "model_fingerprint", "DEFAULT_MODEL"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,20 @@ class Model(Protocol):
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_fingerprint(source: ModelSource, spec: QuantSpec) -> str:
+    """Fingerprint of a model before it is loaded: model id, revision or file hash, and the full quant spec
+    (which carries the dtype). :meth:`HFModel.fingerprint` returns the same value once loaded.
+
+    Example:
+        >>> src = ModelSource("org/model", "org/model", revision="abc")
+        >>> model_fingerprint(src, QuantSpec.parse("fp32")) != model_fingerprint(src, QuantSpec.parse("rtn-w8"))
+        True
+    """
+    return _digest(
+        {"model": source.model_id, "revision": source.revision, "file_sha256": source.file_sha256, "quant": spec.fingerprint()}
+    )
 
 
 class FakeModel:
@@ -167,14 +181,7 @@ class HFModel:
 
     def fingerprint(self) -> str:
         """sha256 over model id, revision or file hash, dtype and the full quantization spec."""
-        return _digest(
-            {
-                "model": self.source.model_id,
-                "revision": self.source.revision,
-                "file_sha256": self.source.file_sha256,
-                "quant": self.spec.fingerprint(),
-            }
-        )
+        return model_fingerprint(self.source, self.spec)
 
     def signature(self) -> str:
         rev = self.source.revision or (self.source.file_sha256 or "")[:12] or "main"

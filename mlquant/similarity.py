@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mlquant.errors import BackendUnavailableError, ConfigError, DataError
-from mlquant.tasks._scoring import MultilingualTokenizer
+from mlquant.tasks._scoring import MultilingualTokenizer, multilingual_tokens
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,11 +104,9 @@ def rouge_l(hypothesis: str, reference: str) -> float:
         >>> round(rouge_l("東京に行く", "東京へ行く"), 3)  # 4 of 5 characters in common, in order
         0.8
     """
-    scorer = _rouge_scorer()
-    tok = scorer._tokenizer
-    if not tok.tokenize(hypothesis) and not tok.tokenize(reference):
+    if not multilingual_tokens(hypothesis) and not multilingual_tokens(reference):
         return 1.0
-    return float(scorer.score(reference, hypothesis)["rougeL"].fmeasure)
+    return float(_rouge_scorer().score(reference, hypothesis)["rougeL"].fmeasure)
 
 
 @functools.lru_cache(maxsize=1)

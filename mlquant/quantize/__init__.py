@@ -106,6 +106,7 @@ class QuantSpec:
             if options:
                 raise ConfigError(f"quant spec {label!r}: a baseline takes no options, got {sorted(options)}.")
             return cls(method="none", dtype=BASELINES[label], **overrides)
+        _load_builtins()  # method modules register their fixed labels (w8a8, bnb-nf4, ...) on import
         alias = _ALIASES.get(label)
         if alias is not None:
             base = dict(alias)

@@ -1,0 +1,124 @@
+"""The request cache: SQLite, keyed by (model fingerprint including its quantization, request hash).
+
+Unlike a cache keyed by the request alone, two models (or one model quantized two ways) never share an entry.
+Every batch of answers is committed as soon as it is computed, so a killed run loses at most one batch.
+
+Example:
+    >>> from mlquant.cache import RequestCache
+    >>> from mlquant.models import FakeModel
+    >>> from mlquant.requests import GenerateRequest
+    >>> cache = RequestCache(":memory:")
+    >>> model = CachedModel(FakeModel(generate=lambda c: "hi"), cache)
+    >>> model.generate([GenerateRequest("x")]), model.generate([GenerateRequest("x")])
+    (['hi'], ['hi'])
+    >>> model.computed, model.hits
+    (1, 1)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlquant.requests import GenerateRequest, LoglikelihoodRequest, Request, RollingRequest, result_from_json, result_to_json
+
+__all__ = ["RequestCache", "CachedModel"]
+
+
+class RequestCache:
+    """A persistent map (fingerprint, request key) -> serialised result."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (fingerprint TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL,"
+            " PRIMARY KEY (fingerprint, key))"
+        )
+        self._db.commit()
+
+    def get_many(self, fingerprint: str, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, result FROM requests WHERE fingerprint = ? AND key IN ({marks})", [fingerprint, *chunk]
+                ).fetchall()
+                found.update(rows)
+        return found
+
+    def put_many(self, fingerprint: str, items: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO requests (fingerprint, key, result) VALUES (?, ?, ?)",
+                [(fingerprint, k, v) for k, v in items],
+            )
+            self._db.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedModel:
+    """Answers requests from the cache and sends only the misses to the model.
+
+    Args:
+        model: the model, or a zero-argument function that builds it (called on the first miss only, so a
+            fully cached study never loads or quantizes a model).
+        cache: the request cache.
+        fingerprint: the model's fingerprint; required when ``model`` is a function.
+    """
+
+    def __init__(self, model: Any | Callable[[], Any], cache: RequestCache, fingerprint: str | None = None) -> None:
+        self._model = None if callable(model) and not hasattr(model, "fingerprint") else model
+        self._factory = model if self._model is None else None
+        self.cache = cache
+        self.fingerprint = fingerprint or self._model.fingerprint()  # type: ignore[union-attr]
+        self.hits = 0
+        self.computed = 0
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            assert self._factory is not None
+            self._model = self._factory()
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def _run(self, requests: Sequence[Request], method: str) -> list[Any]:
+        keys = [r.key() for r in requests]
+        found = self.cache.get_many(self.fingerprint, keys)
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
+        if missing:
+            answers = getattr(self.model, method)([requests[i] for i in missing])
+            blobs = [(keys[i], result_to_json(a)) for i, a in zip(missing, answers)]
+            self.cache.put_many(self.fingerprint, blobs)
+            found.update(blobs)
+        self.computed += len(missing)
+        self.hits += len(keys) - len(missing)
+        return [result_from_json(found[k]) for k in keys]
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Any]:
+        return self._run(requests, "loglikelihood")
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[Any]:
+        return self._run(requests, "loglikelihood_rolling")
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Any]:
+        return self._run(requests, "generate")

@@ -1,0 +1,151 @@
+"""Results: the tidy per-item table of a study, stored as one Parquet file per finished cell.
+
+A run directory holds ``study.yaml`` (the resolved study), ``cells/<quant>/<task>/<lang>.parquet`` (one row per
+item, written atomically: temp file then rename), ``quant/<quant>.parquet`` (per-layer quantization reports),
+and ``cache.sqlite`` (the request cache). :func:`read_results` loads every finished cell into one DataFrame.
+
+Example:
+    >>> import mlquant as mq  # doctest: +SKIP
+    >>> df = mq.read_results("runs/demo")  # doctest: +SKIP
+    >>> df.groupby(["quant", "task", "lang"]).score.mean()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from mlquant.errors import DataError
+
+__all__ = ["COLUMNS", "read_results", "write_cell", "cell_path", "safe_name", "aggregate"]
+
+#: Columns of the tidy results table, in order.
+COLUMNS: tuple[str, ...] = (
+    "model",
+    "quant",
+    "method",
+    "backend",
+    "calibration",
+    "task",
+    "task_version",
+    "kind",
+    "metric",
+    "higher_is_better",
+    "difficulty",
+    "lang",
+    "script",
+    "resource_class",
+    "family",
+    "item_id",
+    "group",
+    "prompt",
+    "output",
+    "extracted",
+    "target",
+    "score",
+    "weight",
+    "extra",
+    "signature",
+)
+
+
+def safe_name(label: str) -> str:
+    """A file-system-safe name for a label (``gptq-w4g128@flores:ja:128`` -> ``gptq-w4g128@flores_ja_128``)."""
+    return re.sub(r"[^A-Za-z0-9._@+-]", "_", label)
+
+
+def cell_path(run_dir: str | os.PathLike[str], quant: str, task: str, lang: str) -> Path:
+    """Where the Parquet file of one cell lives."""
+    return Path(run_dir) / "cells" / safe_name(quant) / safe_name(task) / f"{safe_name(lang)}.parquet"
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_cell(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Write one finished cell atomically (a reader never sees a half-written file).
+
+    Raises:
+        DataError: a row lacks one of :data:`COLUMNS`.
+    """
+    for i, row in enumerate(rows):
+        missing = [c for c in COLUMNS if c not in row]
+        if missing:
+            raise DataError(f"write_cell({path}): row {i} lacks column {missing[0]!r}.")
+    frame = pd.DataFrame([{c: row[c] for c in COLUMNS} for row in rows], columns=list(COLUMNS))
+    frame["extra"] = frame["extra"].map(lambda e: e if isinstance(e, str) else json.dumps(e, ensure_ascii=False))
+    _atomic_parquet(frame, Path(path))
+    return frame
+
+
+def write_quant_report(run_dir: str | os.PathLike[str], quant: str, report: pd.DataFrame) -> Path:
+    """Store a per-layer quantization report beside the results."""
+    path = Path(run_dir) / "quant" / f"{safe_name(quant)}.parquet"
+    frame = report.copy()
+    frame.insert(0, "quant", quant)
+    _atomic_parquet(frame, path)
+    return path
+
+
+def read_results(
+    run_dir: str | os.PathLike[str], what: Literal["items", "quantization"] = "items"
+) -> pd.DataFrame:
+    """Load a run directory.
+
+    Args:
+        run_dir: the folder given to ``Study.run``.
+        what: ``items`` for the per-item results (one row per item x quant), ``quantization`` for the per-layer
+            quantization reports of every quantized model.
+
+    Raises:
+        DataError: the folder has no results.
+
+    Example:
+        >>> df = read_results("runs/demo")  # doctest: +SKIP
+        >>> sorted(df.quant.unique())  # doctest: +SKIP
+        ['fp32', 'rtn-w4', 'rtn-w4g128', 'rtn-w8']
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise DataError(f"read_results: {root} is not a folder.")
+    sub = "cells" if what == "items" else "quant"
+    files = sorted((root / sub).rglob("*.parquet")) if (root / sub).is_dir() else []
+    if not files:
+        if what == "quantization":
+            return pd.DataFrame()
+        raise DataError(f"read_results: no finished cells under {root / 'cells'}.")
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frame.attrs["run_dir"] = str(root)
+    return frame
+
+
+def aggregate(frame: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang")) -> pd.DataFrame:
+    """Weighted mean score per group (``sum(score * weight) / sum(weight)``) and the item count.
+
+    Example:
+        >>> df = pd.DataFrame({"quant": ["a", "a"], "task": ["t", "t"], "lang": ["en", "en"],
+        ...                    "score": [1.0, 0.0], "weight": [1.0, 3.0]})
+        >>> aggregate(df).score.tolist()
+        [0.25]
+    """
+    g = frame.assign(_sw=frame["score"] * frame["weight"]).groupby(list(by), sort=True)
+    out = (g["_sw"].sum() / g["weight"].sum()).rename("score").to_frame()
+    out["n"] = g.size()
+    return out.reset_index()

@@ -1,0 +1,301 @@
+"""Study: the grid *base model x quant specs x tasks x languages*, run resumably into a run directory.
+
+Every cell (quant, task, language) is scored on exactly the items of its baseline cell (same sample, same
+seed), so every comparison is paired by item. Everything is validated before a model is loaded. A finished
+cell is one Parquet file; answered requests are in an SQLite cache keyed by the model fingerprint (with its
+quantization); re-running a finished study loads no model and runs no forward pass.
+
+Example:
+    >>> import mlquant as mq  # doctest: +SKIP
+    >>> study = mq.Study("gemma3-270m", quant=["fp32", "rtn-w4"], tasks=["xcopa"], languages=["tr", "zh"], limit=20)
+    >>> df = study.run("runs/example")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mlquant._registry import did_you_mean
+from mlquant.data import data_dir
+from mlquant.errors import ConfigError
+from mlquant.languages import Language, get_language
+from mlquant.quantize import QuantSpec
+from mlquant.results import read_results
+from mlquant.tasks import Task, get_task
+
+__all__ = ["Study", "Cell", "RunStats"]
+
+log = logging.getLogger(__name__)
+
+STUDY_KEYS = {
+    "model": "model name, hub id, folder or .gguf file (default gemma3-270m)",
+    "quant": "list of quant labels or mappings {label: ..., <field or option>: value or list of values}",
+    "tasks": "list of task names or mappings {name: ..., languages: [...], <option>: value}",
+    "languages": "list of ISO 639-1 codes, or 'all'",
+    "limit": "items per cell (a seeded sample), or null for all",
+    "seed": "seed of the item sample and of sampling decoders",
+    "batch_size": "rows per forward pass",
+    "name": "a name for the study",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (quant, task, language) of a study."""
+
+    quant: QuantSpec
+    task: Task
+    lang: Language
+
+    def describe(self) -> str:
+        return f"{self.quant.label} | {self.task.name} | {self.lang.code}"
+
+
+@dataclass
+class RunStats:
+    """What the last :meth:`Study.run` did."""
+
+    cells_total: int = 0
+    cells_skipped: int = 0
+    cells_computed: int = 0
+    requests_computed: int = 0
+    cache_hits: int = 0
+    forward_passes: int = 0
+    models_loaded: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def _versions() -> str:
+    def v(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    return f"torch:{v('torch')}|transformers:{v('transformers')}"
+
+
+def _expand_quant(entry: Any, where: str) -> list[QuantSpec]:
+    if isinstance(entry, QuantSpec):
+        return [entry]
+    if isinstance(entry, str):
+        try:
+            return [QuantSpec.parse(entry)]
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    if isinstance(entry, Mapping):
+        # A list value puts that field on an axis: calibration: [flores:en:128, flores:ja:128] -> two specs.
+        keys = list(entry)
+        values = [v if isinstance(v, list) else [v] for v in entry.values()]
+        return [QuantSpec.from_dict(dict(zip(keys, combo)), where=where) for combo in itertools.product(*values)]
+    raise ConfigError(f"{where}: expected a quant label or a mapping with 'label', got {entry!r}.")
+
+
+def _build_task(entry: Any, where: str) -> tuple[Task, list[str] | None, int | None]:
+    if isinstance(entry, Task):
+        return entry, None, None
+    if isinstance(entry, str):
+        return get_task(entry), None, None
+    if isinstance(entry, Mapping):
+        opts = dict(entry)
+        name = opts.pop("name", None)
+        if name is None:
+            raise ConfigError(f"{where}: missing key 'name' (e.g. name: mgsm).")
+        langs = opts.pop("languages", None)
+        limit = opts.pop("limit", None)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ConfigError(f"{where}: limit={limit!r}; expected a positive integer.")
+        try:
+            return get_task(str(name), **opts), langs, limit
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    raise ConfigError(f"{where}: expected a task name or a mapping with 'name', got {entry!r}.")
+
+
+class Study:
+    """A quantization-impact study.
+
+    Args:
+        model: ``"gemma3-270m"`` (default), a hub id, a folder, a ``.gguf`` file, or a Model object (baselines only).
+        quant: quant labels, mappings (``{"label": "gptq-w4g128", "calibration": ["flores:en:128", ...]}``) or specs.
+            The first baseline (``fp32``/``bf16``/``fp16``) is the reference of every comparison.
+        tasks: task names, mappings (``{"name": "mgsm", "shots": 2, "languages": ["ja"], "limit": 10}``) or Task
+            objects. A task's own ``limit`` overrides the study's.
+        languages: codes (or ``"all"``) intersected with each task's languages; a task given explicit ``languages``
+            must have every one of them.
+        limit: items per cell (a sample fixed by ``seed``), None for all.
+        seed: seed of the sample and of sampling decoders.
+        batch_size: rows per forward pass.
+
+    Raises:
+        ConfigError: any invalid name, option, spec or language, before a model is loaded.
+    """
+
+    def __init__(
+        self,
+        model: Any = "gemma3-270m",
+        quant: Sequence[Any] = ("fp32",),
+        tasks: Sequence[Any] = ("xcopa",),
+        languages: Sequence[str] | str | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        name: str | None = None,
+    ) -> None:
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ConfigError(f"study: limit={limit!r}; expected a positive integer or null.")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"study: seed={seed!r}; expected an integer.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"study: batch_size={batch_size!r}; expected a positive integer.")
+        self.model = model
+        self.limit, self.seed, self.batch_size, self.name = limit, seed, batch_size, name
+        self.specs = [s for i, q in enumerate(quant) for s in _expand_quant(q, f"quant[{i}]")]
+        if not self.specs:
+            raise ConfigError("study: 'quant' is empty.")
+        labels = [s.label for s in self.specs]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ConfigError(f"study: quant {dupes[0]!r} is listed twice.")
+        if not any(s.is_baseline for s in self.specs):
+            raise ConfigError(f"study: quant {labels} has no baseline; add fp32, bf16 or fp16.")
+        self.specs.sort(key=lambda s: not s.is_baseline)  # baselines first
+        if not isinstance(model, str) and any(not s.is_baseline for s in self.specs):
+            if not hasattr(model, "torch_model"):
+                raise ConfigError("study: quantized cells need a transformers model (HFModel), not a scripted model.")
+        self.languages = self._parse_languages(languages)
+        self.task_limits: dict[str, int] = {}
+        self.cells = self._plan([_build_task(t, f"tasks[{i}]") for i, t in enumerate(tasks)])
+        self.last_run = RunStats()
+
+    # ----- planning -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _parse_languages(languages: Sequence[str] | str | None) -> list[Language] | None:
+        if languages is None or languages == "all":
+            return None
+        if isinstance(languages, str):
+            languages = [languages]
+        return [get_language(code) for code in languages]
+
+    def _plan(self, tasks: Iterable[tuple[Task, list[str] | None, int | None]]) -> list[Cell]:
+        cells: list[Cell] = []
+        for task, explicit, limit in tasks:
+            if limit is not None:
+                self.task_limits[task.signature()] = limit
+            if explicit is not None:
+                langs = [task.check_language(code) for code in explicit]
+            else:
+                root = data_dir()
+                where = "local" if root is not None and (root / task.benchmark).is_dir() else "any"
+                have = set(task.languages(where=where))
+                wanted = self.languages if self.languages is not None else [get_language(c) for c in sorted(have)]
+                langs = [lang for lang in wanted if lang.code in have]
+                skipped = [lang.code for lang in wanted if lang.code not in have]
+                if skipped:
+                    log.info("task %s has no data for %s; those cells are left out", task.name, ", ".join(skipped))
+                if not langs:
+                    raise ConfigError(
+                        f"study: task {task.name!r} has none of the languages "
+                        f"{[lang.code for lang in wanted]}; it has: {', '.join(sorted(have))}."
+                    )
+            cells += [Cell(spec, task, lang) for spec in self.specs for lang in langs]
+        return cells
+
+    def limit_for(self, task: Task) -> int | None:
+        """Items per cell of ``task``: its own ``limit`` if the study gave one, else the study's."""
+        return self.task_limits.get(task.signature(), self.limit)
+
+    @property
+    def baseline(self) -> QuantSpec:
+        return next(s for s in self.specs if s.is_baseline)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved study (written to ``study.yaml`` in the run directory)."""
+        tasks: dict[str, dict[str, Any]] = {}
+        for cell in self.cells:
+            entry = tasks.setdefault(
+                cell.task.signature(),
+                {"name": cell.task.name, **cell.task.options(), "limit": self.limit_for(cell.task), "languages": []},
+            )
+            if cell.lang.code not in entry["languages"]:
+                entry["languages"].append(cell.lang.code)
+        return {
+            "name": self.name,
+            "model": self.model if isinstance(self.model, str) else getattr(self.model, "name", repr(self.model)),
+            "quant": [s.to_dict() for s in self.specs],
+            "tasks": list(tasks.values()),
+            "limit": self.limit,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Study:
+        """Load a study file; unknown keys and bad values raise ConfigError naming the file, line and key.
+
+        Example:
+            >>> Study.from_yaml("examples/demo.yaml")  # doctest: +SKIP
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            raw = yaml.safe_load(text)
+            node = yaml.compose(text)
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the study file: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of study keys ({', '.join(STUDY_KEYS)}).")
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+        for key in raw:
+            if key not in STUDY_KEYS:
+                raise ConfigError(
+                    f"{path}, line {lines.get(key, '?')}: unknown key {key!r}.{did_you_mean(str(key), STUDY_KEYS)}"
+                    f" Expected keys: {', '.join(STUDY_KEYS)}."
+                )
+        try:
+            return cls(**raw)
+        except ConfigError as exc:
+            key = next((k for k in raw if str(exc).startswith((k, f"study: {k}", f"{k}["))), None)
+            where = f"{path}, line {lines[key]}" if key in lines else str(path)
+            raise ConfigError(f"{where}: {exc}") from exc
+
+    # ----- running --------------------------------------------------------------------------------------------------
+    def _signature(self, cell: Cell, model_sig: str) -> str:
+        from mlquant import __version__
+
+        return (
+            f"mlquant:{__version__}|{model_sig}|quant:{cell.quant.label}|backend:{cell.quant.backend}"
+            f"|calib:{cell.quant.calibration or 'none'}|task:{cell.task.signature()}|lang:{cell.lang.code}"
+            f"|limit:{self.limit_for(cell.task)}|seed:{self.seed}|{_versions()}"
+        )
+
+    def run(self, run_dir: str | os.PathLike[str], *, progress: bool = True, chunk_items: int = 32) -> pd.DataFrame:
+        """Run every unfinished cell and return the tidy results of the whole run directory.
+
+        Args:
+            run_dir: folder for study.yaml, the cell Parquet files, quantization reports and the request cache.
+            progress: show one progress bar per cell.
+            chunk_items: items whose requests go to the model together (and are committed to the cache together).
+        """
+        from mlquant._runner import Runner
+
+        root = Path(run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "study.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        runner = Runner(self, root, progress=progress, chunk_items=chunk_items)
+        try:
+            runner.run()
+        finally:
+            self.last_run = runner.stats
+            runner.close()
+        return read_results(root)
