@@ -1,6 +1,6 @@
 """Forward passes of :class:`~mlquant.models.HFModel` (private; imports torch).
 
-* ``score_groups``: log-likelihood of continuations. Each batch of distinct contexts runs once (right-padded,
+* ``score_groups``: log-likelihood of continuations. Each batch of distinct contexts runs once (left-padded,
   key/value cache kept); the cache rows are then selected for every continuation of those contexts, and the
   continuations run on top with explicit position ids. The LM head is applied only at the scored positions.
 * ``rolling_logprobs``: log-likelihood of whole texts, LM head applied in chunks of positions.
@@ -30,6 +30,16 @@ def _right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, t
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -64,11 +74,19 @@ def score_groups(
     for batch in _batches(ordered, model.batch_size):
         contexts = [list(ctx) for ctx, _ in batch]
         ctx_len = torch.tensor([len(c) for c in contexts])
-        ids, mask = _right_pad(contexts, pad)
+        # Left padding: every context ends at the same index, so the distance between a continuation token and
+        # any context token is the true one (sliding-window attention stays exact); positions are explicit.
+        ids, mask = _left_pad(contexts, pad)
         cache = DynamicCache()
-        out = body(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=True)
+        out = body(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(device),
+            past_key_values=cache,
+            use_cache=True,
+        )
         model.n_forward += 1
-        last_hidden = out.last_hidden_state[torch.arange(len(contexts)), ctx_len - 1]
+        last_hidden = out.last_hidden_state[:, -1]
         # Every continuation of the batch: (group row, request index, tokens).
         rows = [(g, idx, cont) for g, (_, conts) in enumerate(batch) for idx, cont in conts]
         rows.sort(key=lambda r: -len(r[2]))
@@ -188,12 +206,8 @@ def generate_batched(model: HFModel, requests: Sequence[GenerateRequest]) -> lis
         idxs = sorted(idxs, key=lambda i: -len(encoded[i]))
         for chunk in _batches(idxs, model.batch_size):
             rows = [encoded[i][-(model.max_length - max_new) :] for i in chunk]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for k, r in enumerate(rows):
-                ids[k, width - len(r) :] = torch.tensor(r)
-                mask[k, width - len(r) :] = 1
+            ids, mask = _left_pad(rows, pad)
+            width = ids.shape[1]
             kwargs: dict[str, Any] = {"do_sample": temperature > 0}
             if temperature > 0:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=0)

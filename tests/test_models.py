@@ -1,0 +1,166 @@
+"""HFModel: log-likelihoods equal a plain full-sequence computation, whatever the batch size; rolling and generate."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_tiny
+from mlquant.models import FakeModel
+from mlquant.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
+
+CONTEXTS = [
+    "Question: What is the capital of France?\nAnswer:",
+    "日本の首都は",
+    "A much longer context that spans well beyond the sliding window of the tiny Gemma model, twice over.",
+    "x",
+]
+CONTINUATIONS = [" Paris", " London is big", "東京", " Berlin", "!"]
+
+
+def requests() -> list[LoglikelihoodRequest]:
+    return [LoglikelihoodRequest(c, k) for c in CONTEXTS for k in CONTINUATIONS]
+
+
+def full_sequence_logprob(model, req: LoglikelihoodRequest) -> float:
+    """Reference: one unbatched forward pass over context + continuation, full logits, log-softmax, sum."""
+    ctx, cont = model._encode_pair(req.context, req.continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        lp = torch.log_softmax(model.torch_model(input_ids=ids).logits.double(), dim=-1)[0]
+    return sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+
+
+def test_import_does_not_import_torch() -> None:
+    code = "import sys, mlquant as mq; mq.get_language('ja'); mq.QuantSpec.parse('rtn-w4g128'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_batch_sizes_agree_with_full_sequence(arch: str) -> None:
+    reqs = requests()
+    results = {}
+    model = make_tiny(arch)
+    for bs in (1, 4, 16):
+        model.batch_size = bs
+        results[bs] = model.loglikelihood(reqs)
+    reference = [full_sequence_logprob(model, r) for r in reqs]
+    for bs, res in results.items():
+        assert [r.n_tokens for r in res] == [r.n_tokens for r in results[1]]
+        for r, ref in zip(res, reference):
+            assert abs(r.logprob - ref) < 1e-4, (bs, r.logprob, ref)
+    # identical predictions (argmax over the options of each context) for every batch size
+    for bs in (4, 16):
+        for i in range(len(CONTEXTS)):
+            block = slice(i * len(CONTINUATIONS), (i + 1) * len(CONTINUATIONS))
+            pick = lambda rs: max(range(len(CONTINUATIONS)), key=lambda k: rs[block][k].logprob)  # noqa: E731
+            assert pick(results[bs]) == pick(results[1])
+
+
+def test_shared_context_runs_once_per_batch(tiny_llama) -> None:
+    tiny_llama.batch_size = 16
+    tiny_llama.loglikelihood([LoglikelihoodRequest(CONTEXTS[0], k) for k in CONTINUATIONS])
+    # one pass over the shared context, one over all five continuations
+    assert tiny_llama.n_forward == 2
+
+
+def test_is_greedy_matches_argmax(tiny_llama) -> None:
+    ctx = "Hello"
+    ids = tiny_llama._encode(ctx)
+    with torch.no_grad():
+        nxt = int(tiny_llama.torch_model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+    greedy_text = tiny_llama.tokenizer.decode([nxt])
+    res = tiny_llama.loglikelihood([LoglikelihoodRequest(ctx, greedy_text)])
+    assert res[0].is_greedy
+
+
+def test_rolling_equals_full_sequence(tiny_gemma3) -> None:
+    text = "The capital of France is Paris. 東京は日本の首都です。"
+    res = tiny_gemma3.loglikelihood_rolling([RollingRequest(text), RollingRequest("short")])
+    ids = tiny_gemma3._encode(text)
+    with torch.no_grad():
+        lp = torch.log_softmax(tiny_gemma3.torch_model(input_ids=torch.tensor([ids])).logits.double(), -1)[0]
+    ref = sum(float(lp[i, ids[i + 1]]) for i in range(len(ids) - 1))
+    assert abs(res[0].logprob - ref) < 1e-4
+    assert res[0].n_bytes == len(text.encode("utf-8"))
+    assert res[0].bits_per_byte == pytest.approx(-ref / math.log(2) / len(text.encode("utf-8")), rel=1e-6)
+
+
+def test_generate_is_greedy_and_cut_at_stop(tiny_llama) -> None:
+    reqs = [GenerateRequest("Hello", max_new_tokens=12), GenerateRequest("日本", max_new_tokens=12)]
+    out = tiny_llama.generate(reqs)
+    # greedy: the same as a manual argmax loop
+    ids = tiny_llama._encode("Hello")
+    for _ in range(12):
+        with torch.no_grad():
+            ids.append(int(tiny_llama.torch_model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    manual = tiny_llama.tokenizer.decode(ids[-12:], skip_special_tokens=True)
+    assert out[0] == manual
+    stop = manual[3:5]
+    cut = tiny_llama.generate([GenerateRequest("Hello", stop=(stop,), max_new_tokens=12)])[0]
+    assert cut == manual[: manual.find(stop)]
+
+
+def test_fingerprint_covers_quant_and_revision() -> None:
+    a, b = make_tiny("llama", seed=0), make_tiny("llama", seed=1)
+    assert a.fingerprint() != b.fingerprint()  # revision differs
+    from mlquant.quantize import quantize
+
+    assert quantize(a, "rtn-w8").fingerprint() != a.fingerprint()
+
+
+def test_fake_model_counts_calls() -> None:
+    m = FakeModel(loglikelihood=lambda c, k: -len(k))
+    res = m.loglikelihood([LoglikelihoodRequest("a", "bb"), LoglikelihoodRequest("a", "c")])
+    assert [r.logprob for r in res] == [-2.0, -1.0]
+    assert m.calls == 1 and m.requests_seen == 2
+
+
+@pytest.mark.slow
+def test_gemma_tokenizer_from_gguf(gemma) -> None:
+    assert gemma.tokenizer("The capital of France is Paris.")["input_ids"] == [2, 818, 5279, 529, 7001, 563, 9079, 236761]
+
+
+@pytest.mark.slow
+def test_gemma_cached_tokenizer_matches_gguf_on_flores(gemma) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from mlquant._loading import default_model_source
+
+    src = default_model_source()
+    gguf_tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
+    folder = Path(os.environ["MLQUANT_DATA_DIR"]) / "flores200" / "devtest"
+    texts = [json.loads(line)["text"] for f in sorted(folder.glob("*.jsonl")) for line in f.open().readlines()[:5]]
+    assert [gemma.tokenizer(t)["input_ids"] for t in texts] == [gguf_tok(t)["input_ids"] for t in texts]
+
+
+@pytest.mark.slow
+def test_gemma_bits_per_byte_is_sane(gemma) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    rows = Path(os.environ["MLQUANT_DATA_DIR"], "flores200", "devtest", "en.jsonl").read_text().splitlines()[:20]
+    res = gemma.loglikelihood_rolling([RollingRequest(json.loads(r)["text"]) for r in rows])
+    bpb = -sum(r.logprob for r in res) / math.log(2) / sum(r.n_bytes for r in res)
+    assert 0.5 < bpb < 2.0  # ~1.1 with the right tokenizer; a broken tokenizer gives ~13
+
+
+@pytest.mark.slow
+def test_gemma_batch_sizes_agree(gemma) -> None:
+    reqs = requests()
+    ref = [full_sequence_logprob(gemma, r) for r in reqs]
+    for bs in (1, 4, 16):
+        gemma.batch_size = bs
+        for r, x in zip(gemma.loglikelihood(reqs), ref):
+            assert abs(r.logprob - x) < 1e-3
+    gemma.batch_size = 16
