@@ -478,7 +478,7 @@ class LanguageConfusion(Task):
 
     Example:
         >>> LanguageConfusion(subsets="monolingual/okapi").signature()
-        'confusion@1.0[detector=lingua:benchmark:0.3,max_new_tokens=100,seed=0,subsets=monolingual/okapi,template=qa,temperature=0.3,top_p=0.75]'
+        'confusion@1.0[detector=lingua:benchmark:0.3,max_new_tokens=100,seed=0,subsets=monolingual/okapi,temperature=0.3,template=qa,top_p=0.75]'
     """
 
     name: ClassVar[str] = "confusion"
