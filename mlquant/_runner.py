@@ -41,6 +41,7 @@ class Runner:
         self._base: Any = None
         self._built: list[Any] = []
         self._source: Any = None
+        self._seen: dict[int, int] = {}  # forward passes already counted, per model object
 
     # ----- models -------------------------------------------------------------------------------------------------
     def _model_source(self) -> Any:
@@ -59,6 +60,7 @@ class Runner:
                 assert isinstance(self._base, HFModel)
             else:
                 self._base = self.study.model
+                self._seen[id(self._base)] = int(getattr(self._base, "n_forward", getattr(self._base, "calls", 0)))
             self.stats.models_loaded += 1
             self._built.append(self._base)
         return self._base
@@ -118,11 +120,9 @@ class Runner:
     def _release(self) -> None:
         """Count forward passes and free quantized models (the base model is kept for the next spec)."""
         for m in self._built:
-            self.stats.forward_passes += int(getattr(m, "n_forward", getattr(m, "calls", 0)))
-            if hasattr(m, "n_forward"):
-                m.n_forward = 0
-            elif hasattr(m, "calls"):
-                m.calls = 0
+            count = int(getattr(m, "n_forward", getattr(m, "calls", 0)))
+            self.stats.forward_passes += count - self._seen.get(id(m), 0)
+            self._seen[id(m)] = count
         self._built = [self._base] if self._base is not None else []
 
     def _run_cell(self, cell: Cell, path: Path, sig: str, model: CachedModel) -> None:

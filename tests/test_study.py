@@ -1,0 +1,154 @@
+"""Study runner: cells, Parquet files, the request cache, resume after a crash, zero work on a re-run."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pandas as pd
+import pytest
+
+import mlquant as mq
+from mlquant.errors import ConfigError, UnknownNameError
+from mlquant.models import FakeModel
+from mlquant.results import COLUMNS, cell_path
+
+
+def choice_by_length(ctx: str, cont: str) -> float:
+    return -float(len(cont))
+
+
+def test_study_writes_cells_and_reads_tidy_frame(tmp_path) -> None:
+    model = FakeModel(loglikelihood=choice_by_length)
+    study = mq.Study(model, quant=["fp32"], tasks=["xcopa"], languages=["tr", "zh"], limit=10, seed=1)
+    df = study.run(tmp_path, progress=False)
+    assert list(df.columns) == list(COLUMNS)
+    assert len(df) == 20 and set(df.lang) == {"tr", "zh"}
+    assert cell_path(tmp_path, "fp32", "xcopa", "tr").is_file()
+    row = df.iloc[0]
+    assert row.signature.startswith("mlquant:") and "|task:xcopa@" in row.signature and "|seed:1|" in row.signature
+    # the prediction is the shorter option, by construction
+    for _, r in df.iterrows():
+        item = {i.id: i for i in mq.get_task("xcopa").items(r.lang)}[r.item_id]
+        lens = [len(c) for c in mq.get_task("xcopa").choices(item, mq.get_language(r.lang))]
+        assert int(r.extracted) == lens.index(min(lens))
+    assert (tmp_path / "study.yaml").is_file()
+    assert mq.read_results(tmp_path).equals(df)
+
+
+def test_second_run_does_no_work(tmp_path) -> None:
+    model = FakeModel(loglikelihood=choice_by_length)
+    study = mq.Study(model, quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=5)
+    study.run(tmp_path, progress=False)
+    assert model.calls > 0
+    calls = model.calls
+    study.run(tmp_path, progress=False)
+    assert model.calls == calls
+    assert study.last_run.cells_skipped == 1 and study.last_run.requests_computed == 0
+
+
+def test_second_run_of_real_study_does_zero_forward_passes(tmp_path, tiny_llama_dir) -> None:
+    study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w8"], tasks=["xcopa", "flores_ppl"], languages=["tr"], limit=4)
+    first = study.run(tmp_path, progress=False)
+    assert study.last_run.forward_passes > 0 and study.last_run.cells_computed == 4
+    second = study.run(tmp_path, progress=False)
+    assert study.last_run.forward_passes == 0
+    assert study.last_run.models_loaded == 0 and study.last_run.cells_skipped == 4
+    pd.testing.assert_frame_equal(first, second)
+    # the cache alone is enough too: delete the cells and re-run
+    import shutil
+
+    shutil.rmtree(tmp_path / "cells")
+    third = study.run(tmp_path, progress=False)
+    assert study.last_run.forward_passes == 0 and study.last_run.cache_hits > 0
+    pd.testing.assert_frame_equal(first, third)
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path) -> None:
+    class Crashing(FakeModel):
+        def __init__(self, crash_after: int) -> None:
+            super().__init__(loglikelihood=choice_by_length)
+            self.crash_after = crash_after
+
+        def loglikelihood(self, requests):
+            if self.calls >= self.crash_after:
+                raise RuntimeError("killed")
+            return super().loglikelihood(requests)
+
+    crashing = Crashing(crash_after=3)
+    study = mq.Study(crashing, quant=["fp32"], tasks=["xcopa"], languages=["tr", "zh"], limit=40)
+    with pytest.raises(RuntimeError, match="killed"):
+        study.run(tmp_path, progress=False, chunk_items=10)
+    # three chunks of 10 items were answered and cached (cell tr finished after 4 chunks would have been needed)
+    done = crashing.requests_seen
+    assert done == 3 * 10 * 2
+    fresh = FakeModel(loglikelihood=choice_by_length)
+    study2 = mq.Study(fresh, quant=["fp32"], tasks=["xcopa"], languages=["tr", "zh"], limit=40)
+    df = study2.run(tmp_path, progress=False, chunk_items=10)
+    assert fresh.requests_seen == 80 * 2 - done  # only what was not cached
+    assert len(df) == 80
+
+
+def test_quantized_cells_pair_with_baseline_items(tmp_path, tiny_llama_dir) -> None:
+    study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w4g32"], tasks=["xcopa"], languages=["zh"], limit=6)
+    df = study.run(tmp_path, progress=False)
+    ids = df.groupby("quant").item_id.apply(lambda s: sorted(s))
+    assert ids["fp32"] == ids["rtn-w4g32"]
+    rc = mq.stats.relative_change(df, baseline="fp32").to_frame()
+    base = df[df.quant == "fp32"].score.mean()
+    q = df[df.quant == "rtn-w4g32"].score.mean()
+    row = rc[(rc.quant == "rtn-w4g32") & (rc.lang == "zh")].iloc[0]
+    if base:
+        assert row.rel_change == pytest.approx(100 * (q - base) / base)
+
+
+def test_validation_happens_before_any_model_is_loaded(tmp_path) -> None:
+    with pytest.raises(UnknownNameError, match="Did you mean 'xcopa'"):
+        mq.Study("does/not-exist", quant=["fp32"], tasks=["xcopo"])
+    with pytest.raises(ConfigError, match="w_bits=0"):
+        mq.Study("does/not-exist", quant=["fp32", "rtn-w0"], tasks=["xcopa"])
+    with pytest.raises(ConfigError, match="has no baseline"):
+        mq.Study("does/not-exist", quant=["rtn-w8"], tasks=["xcopa"])
+    with pytest.raises(ConfigError, match="task 'xcopa' has no data for language 'ja'; it has: "):
+        mq.Study("does/not-exist", quant=["fp32"], tasks=[{"name": "xcopa", "languages": ["ja"]}])
+    with pytest.raises(ConfigError, match="quant 'rtn-w8' is listed twice"):
+        mq.Study("does/not-exist", quant=["fp32", "rtn-w8", "rtn-w8"], tasks=["xcopa"])
+
+
+def test_study_yaml_errors_name_file_line_and_key(tmp_path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent("""\
+        model: gemma3-270m
+        quant: [fp32, rtn-w4]
+        taks: [xcopa]
+        """))
+    with pytest.raises(ConfigError, match=r"study.yaml, line 3: unknown key 'taks'. Did you mean 'tasks'"):
+        mq.Study.from_yaml(path)
+    path.write_text("model: gemma3-270m\nquant: [fp32, rtn-w0]\ntasks: [xcopa]\n")
+    with pytest.raises(ConfigError, match=r"study.yaml, line 2: .*w_bits=0"):
+        mq.Study.from_yaml(path)
+
+
+def test_calibration_list_is_an_axis() -> None:
+    study = mq.Study(
+        "does/not-exist",
+        quant=["fp32", {"label": "rtn-w8"}],
+        tasks=["xcopa"],
+        languages=["tr"],
+    )
+    assert [s.label for s in study.specs] == ["fp32", "rtn-w8"]
+
+
+def test_task_limit_overrides_study_limit(tmp_path) -> None:
+    model = FakeModel(loglikelihood=choice_by_length)
+    study = mq.Study(model, quant=["fp32"], tasks=[{"name": "xcopa", "limit": 3}, "flores_ppl"], languages=["tr"], limit=5)
+    df = study.run(tmp_path, progress=False)
+    assert df.groupby("task").size().to_dict() == {"flores_ppl": 5, "xcopa": 3}
+
+
+def test_flores_ppl_weights_by_bytes(tmp_path) -> None:
+    model = FakeModel(rolling=lambda text: -2.0 * len(text.encode()))  # 2 nats per byte
+    df = mq.Study(model, quant=["fp32"], tasks=["flores_ppl"], languages=["ja"], limit=3).run(tmp_path, progress=False)
+    import math
+
+    assert df.score.tolist() == pytest.approx([2 / math.log(2)] * 3)
+    assert (df.weight > 0).all() and not df.higher_is_better.any()
