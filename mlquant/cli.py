@@ -130,7 +130,7 @@ def demo(
         study = mq.Study(
             "gemma3-270m",
             quant=["fp32", "rtn-w8", "rtn-w4", "rtn-w4g128"],
-            tasks=["xcopa", "belebele", {"name": "mgsm", "shots": 2, "max_new_tokens": 128}, "flores_ppl"],
+            tasks=["xcopa", "belebele", {"name": "mgsm", "shots": 2, "max_new_tokens": 128, "limit": 8}, "flores_ppl"],
             languages=list(DEMO_LANGUAGES),
             limit=limit,
             seed=0,
