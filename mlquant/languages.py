@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -74,6 +75,19 @@ _TOP_KEYS: dict[str, str] = {
     "provenance": "mapping: where each prompt word (and the resource class) came from",
 }
 _NUMBER_KEYS = {"native_digits", "decimal_separator", "thousands_separator"}
+
+#: Benchmarks a language file gives dataset codes for (null where the benchmark lacks the language).
+DATASET_KEYS = {
+    "belebele": "facebook/belebele config (FLORES-style code)",
+    "xcopa": "cambridgeltl/xcopa config",
+    "mgsm": "juletxara/mgsm config",
+    "xwinograd": "Muennighoff/xwinograd config",
+    "xstorycloze": "juletxara/xstory_cloze config",
+    "xnli": "facebook/xnli config",
+    "xquad": "google/xquad config",
+    "global_mmlu": "CohereForAI/Global-MMLU config",
+    "language_confusion": "Language Confusion Benchmark language code",
+}
 
 
 @dataclass(frozen=True)
@@ -210,8 +224,12 @@ def load_language_file(path: str | Path) -> Language:
         raise _fail(path, "key 'numbers' must be a mapping.")
     _check_keys(path, "numbers.", numbers, _NUMBER_KEYS)
     native = numbers["native_digits"]
-    if native is not None and (not isinstance(native, str) or len(native) != 10):
-        raise _fail(path, f"key 'numbers.native_digits' must be null or a string of 10 digits 0-9, got {native!r}.")
+    if native is not None and (
+        not isinstance(native, str)
+        or len(native) != 10
+        or [unicodedata.digit(ch, None) for ch in native] != list(range(10))
+    ):
+        raise _fail(path, f"key 'numbers.native_digits' must be null or the 10 digits 0-9 in order, got {native!r}.")
     rc = raw["resource_class"]
     if not isinstance(rc, int) or isinstance(rc, bool) or not 0 <= rc <= 5:
         raise _fail(path, f"key 'resource_class' must be an integer 0-5 (Joshi et al. 2020), got {rc!r}.")
@@ -229,6 +247,10 @@ def load_language_file(path: str | Path) -> Language:
     for key in ("datasets", "provenance"):
         if not isinstance(raw[key], dict):
             raise _fail(path, f"key {key!r} must be a mapping.")
+    _check_keys(path, "datasets.", raw["datasets"], DATASET_KEYS)
+    for key, value in raw["datasets"].items():
+        if value is not None and (not isinstance(value, str) or not value):
+            raise _fail(path, f"key 'datasets.{key}' must be a dataset code or null, got {value!r}.")
     missing_prov = sorted(set(PROMPT_KEYS) - set(raw["provenance"]))
     if missing_prov:
         raise _fail(path, f"key 'provenance' has no entry for prompt word {missing_prov[0]!r}.")

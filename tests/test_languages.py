@@ -223,3 +223,16 @@ def test_flores_codes_match_the_shared_flores_copy() -> None:
         pytest.skip(f"{path} not found")
     mapping = json.loads(path.read_text(encoding="utf-8"))["iso_to_flores"]
     assert {code: get_language(code).flores for code in mapping} == mapping
+
+
+def test_unknown_dataset_key_is_rejected(tmp_path) -> None:
+    import pytest
+
+    from mlquant.errors import ConfigError
+    from mlquant.languages import languages_dir, load_language_file
+
+    text = (languages_dir() / "fr.yaml").read_text(encoding="utf-8").replace("  belebele:", "  belebel:", 1)
+    path = tmp_path / "fr.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"fr.yaml: unknown key datasets.'belebel'"):
+        load_language_file(path)
