@@ -137,8 +137,26 @@ def words() -> frozenset[str]:
 def test_lcb_normalize_and_tokenize() -> None:
     assert lcb_normalize("  Hello, world! — yes،\nQ: next question") == "Hello world   yes"  # "!" dropped, "—" -> " "
     assert lcb_tokenize("a b  c", "de") == ["a", "b", "c"]
+
+
+def test_lcb_tokenize_segmenters() -> None:
+    pytest.importorskip("jieba")
+    pytest.importorskip("fugashi")
+    pytest.importorskip("unidic_lite")
     assert lcb_tokenize("東京は日本の首都です", "ja") == ["東京", "は", "日本", "の", "首都", "です"]
     assert lcb_tokenize("我喜欢北京天安门", "zh") == ["我", "喜欢", "北京", "天安门"]
+
+
+def test_lcb_tokenize_fallback_without_segmenters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlquant.tasks import confusion
+
+    def missing() -> None:
+        raise ImportError("no segmenter")
+
+    monkeypatch.setattr(confusion, "_jieba", missing)
+    monkeypatch.setattr(confusion, "_mecab", missing)
+    assert lcb_tokenize("我喜欢 Python 3", "zh") == ["我", "喜", "欢", "Python", "3"]
+    assert lcb_tokenize("要約 based です", "ja") == ["要", "約", "based", "で", "す"]
 
 
 def test_english_word_list_filtered_as_benchmark(words: frozenset[str]) -> None:
