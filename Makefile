@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(abspath ../shared/data)
-EXTRAS ?= dev,bnb,confusion,embed,plot
+EXTRAS ?= dev,bnb,confusion,similarity,embed,plot
 PYTEST_ARGS ?=
 
 export MLQUANT_DATA_DIR ?= $(DATA_DIR)
