@@ -568,7 +568,7 @@ def test_save_simulated_reloads_exactly(tiny, tmp_path: Path) -> None:
     from mlquant.quantize.export import save_quantized
 
     q = mq.quantize(tiny, "fp8-w8a8")
-    out = save_quantized(q, tmp_path / "fp8", "auto")
+    out = save_quantized(q, tmp_path / "fp8", "simulated")
     meta = json.loads((out / "mlquant_quant.json").read_text())
     assert meta["label"] == "fp8-w8a8" and meta["activation_quantization"]["kind"] == "fp8"
     assert meta["fingerprint"] == q.fingerprint()
@@ -607,13 +607,42 @@ def test_export_errors(tiny, tmp_path: Path) -> None:
         save_quantized(q, tmp_path / "a", "zip")
     with pytest.raises(ConfigError, match="'gptq' needs integer weight-only"):
         save_quantized(q, tmp_path / "b", "gptq")
-    if importlib.util.find_spec("llmcompressor") is None:
-        with pytest.raises(BackendUnavailableError, match="pip install 'mlquant\\[llmcompressor\\]'"):
+    if importlib.util.find_spec("compressed_tensors") is None:
+        with pytest.raises(BackendUnavailableError, match="pip install 'compressed-tensors>=0.15'"):
             save_quantized(q, tmp_path / "c", "compressed-tensors")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("x")
     with pytest.raises(ConfigError, match="not empty"):
         save_quantized(q, tmp_path / "d", "simulated")
+
+
+@needs_flores
+@pytest.mark.skipif(importlib.util.find_spec("compressed_tensors") is None,
+                    reason="needs compressed-tensors>=0.15 (optional; not in the core install)")
+@pytest.mark.parametrize(
+    ("label", "kw", "fmt"),
+    [("gptq-w4g32", {"calibration": "flores:en:8"}, "pack-quantized"),
+     ("gptq-w4g32", {"calibration": "flores:en:8", "symmetric": False}, "pack-quantized"),
+     ("rtn-w8", {}, "pack-quantized"),
+     ("smoothquant-w8a8", {"calibration": "flores:en:8"}, "int-quantized"),
+     ("fp8-w8a8", {}, "float-quantized")],
+)
+def test_save_compressed_tensors_roundtrip(tiny, tmp_path: Path, label: str, kw: dict, fmt: str) -> None:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    from mlquant.quantize.export import save_quantized
+
+    q = mq.quantize(tiny, label, **kw)
+    out = save_quantized(q, tmp_path / "ct", "compressed-tensors")
+    qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qcfg["quant_method"] == "compressed-tensors" and qcfg["format"] == fmt
+    acts = qcfg["config_groups"]["group_0"]["input_activations"]
+    assert (acts is not None) == (q.spec.a_bits is not None)
+    back = AutoModelForCausalLM.from_pretrained(out, quantization_config=CompressedTensorsConfig(run_compressed=False))
+    modules = dict(back.named_modules())
+    for name, lin in linears(q).items():
+        assert torch.equal(modules[name].weight.float(), lin.weight), name
 
 
 @needs_flores

@@ -12,11 +12,15 @@ Formats:
   written and checked on any machine; *loading* it needs GPTQModel (``pip install 'mlquant[gptq]'``, a CUDA build
   with torch >= 2.14.1) or vLLM. Symmetric grids are written as ``checkpoint_format: gptq`` (zero points stored
   minus one, as AutoGPTQ v1), asymmetric ones as ``gptq_v2``. Bits 2, 4 and 8 only.
-* ``compressed-tensors``: W8A8-INT8 / W4A16 / FP8 checkpoints that vLLM serves, written by llm-compressor's
-  ``compressed-tensors`` library (``pip install 'mlquant[llmcompressor]'``; llm-compressor 0.14 pins
-  transformers <= 5.17, so install it in its own environment). Lazily imported; BackendUnavailableError otherwise.
+* ``compressed-tensors``: the format vLLM serves, written with the ``compressed-tensors`` library (the one
+  llm-compressor writes with; ``pip install 'compressed-tensors>=0.15'`` — transformers >= 5 needs >= 0.15 to read it):
+  ``pack-quantized`` for integer weight-only (W4A16, ``gptq-w4g128``), ``int-quantized`` for W8A8-INT8 (``w8a8``,
+  ``smoothquant-w8a8``, ``w8a8-int-gptq``; activations declared int8 per-token dynamic), ``float-quantized`` for
+  FP8 (``fp8-w8a8``). The quantizer's own scales are used, so the checkpoint dequantizes to exactly the simulated
+  weights; ``AutoModelForCausalLM.from_pretrained(dir)`` (with compressed-tensors installed) and vLLM load it.
+  llm-compressor itself is not needed (its 0.14 release pins transformers <= 5.17).
 * ``auto``: ``gptq`` for GPTQ / RTN int weights with 2, 4 or 8 bits and no activation quantization, else
-  ``simulated``.
+  ``compressed-tensors`` for W8A8 / FP8 when compressed-tensors is installed, else ``simulated``.
 
 Example:
     >>> import mlquant as mq  # doctest: +SKIP
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
 
     from mlquant.models import HFModel
 
-__all__ = ["save_quantized", "FORMATS", "GPTQ_INSTALL", "LLMCOMPRESSOR_INSTALL", "unpack_gptq_layer"]
+__all__ = ["save_quantized", "FORMATS", "GPTQ_INSTALL", "CT_INSTALL", "LLMCOMPRESSOR_INSTALL", "unpack_gptq_layer"]
 
 FORMATS = ("auto", "simulated", "gptq", "compressed-tensors")
 GPTQ_INSTALL = "pip install 'mlquant[gptq]'  (GPTQModel >= 7.7; needs a CUDA build of torch >= 2.14.1)"
@@ -48,6 +52,7 @@ LLMCOMPRESSOR_INSTALL = (
     "pip install 'mlquant[llmcompressor]'  (llm-compressor >= 0.14, which pins transformers <= 5.17: "
     "use a separate environment)"
 )
+CT_INSTALL = "pip install 'compressed-tensors>=0.15'  (also installed by llm-compressor: pip install 'mlquant[llmcompressor]')"
 QUANT_JSON = "mlquant_quant.json"
 
 
@@ -244,12 +249,73 @@ def _to_cpu(qp: QParams) -> QParams:
 
 
 def _save_compressed_tensors(model: HFModel, out: Path) -> Path:
-    if importlib.util.find_spec("compressed_tensors") is None or importlib.util.find_spec("llmcompressor") is None:
-        raise BackendUnavailableError(f"format 'compressed-tensors' needs llm-compressor: {LLMCOMPRESSOR_INSTALL}")
-    raise BackendUnavailableError(  # pragma: no cover - needs the optional backend
-        "format 'compressed-tensors': writing mlquant's scales through llm-compressor is not implemented in this "
-        "version; save format='simulated' and re-quantize with llm-compressor's oneshot (see docs/quantizers.md)."
+    """A compressed-tensors checkpoint (vLLM's format): the quantizer's own scales are attached to a float copy
+    through ``apply_quantization_config``, then ``ModelCompressor`` packs it (it re-derives the integer / FP8 codes
+    from the dequantized weights and those scales, which is exact since the weights lie on that grid)."""
+    if importlib.util.find_spec("compressed_tensors") is None:
+        raise BackendUnavailableError(f"format 'compressed-tensors' needs the compressed-tensors library: {CT_INSTALL}")
+    import torch
+    from compressed_tensors import ModelCompressor
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        QuantizationStatus,
+        apply_quantization_config,
     )
+
+    from mlquant.quantize.rtn import quantizable_linears
+
+    spec = model.spec
+    lins = dict(quantizable_linears(model.torch_model))
+    if not lins or any(type(m) is not torch.nn.Linear for m in lins.values()):
+        raise ConfigError(f"export: {spec.label!r} has no simulated integer/FP8 Linear layers to write as compressed-tensors.")
+    if spec.is_baseline or spec.w_bits is None:
+        raise ConfigError("export: an unquantized model has nothing to compress; use format='simulated'.")
+    qps = {n: _to_cpu(_qparams(m, spec)) for n, m in lins.items()}
+    first = next(iter(qps.values()))
+    if any(qp.g_idx is not None for qp in qps.values()):
+        raise ConfigError("export: GPTQ groups in activation order (static_groups=False with act_order) are not "
+                          "written as compressed-tensors; quantize with static_groups=True.")
+    acts = {getattr(m, ACT_ATTR, None) for m in lins.values()}
+    if len(acts) != 1 or len({(qp.fmt, qp.bits, qp.group_size, qp.symmetric) for qp in qps.values()}) != 1:
+        raise ConfigError("export: the layers are quantized in different ways; compressed-tensors needs one scheme.")
+    act = acts.pop()
+    is_fp8 = first.fmt == "fp8"
+    weights = QuantizationArgs(
+        num_bits=first.bits, type="float" if is_fp8 else "int", symmetric=first.symmetric,
+        strategy="group" if first.group_size else "channel", group_size=first.group_size,
+    )
+    inputs = None
+    if act is not None:
+        inputs = QuantizationArgs(num_bits=8, type="float" if act == "fp8" else "int", symmetric=True,
+                                  strategy="token", dynamic=True)
+    fmt = "float-quantized" if is_fp8 else ("int-quantized" if act == "int8" and first.bits == 8 else "pack-quantized")
+    torch_model = _float_copy(model)
+    ignore = [n for n, m in torch_model.named_modules() if isinstance(m, torch.nn.Linear) and n not in lins]
+    config = QuantizationConfig(
+        config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights, input_activations=inputs)},
+        ignore=ignore,
+        quantization_status=QuantizationStatus.FROZEN,
+    )
+    apply_quantization_config(torch_model, config)
+    modules = dict(torch_model.named_modules())
+    for name, qp in qps.items():
+        mod = modules[name]
+        # compressed-tensors' integer codes are signed ([-2^(b-1), 2^(b-1)-1]); mlquant's asymmetric ones unsigned.
+        offset = 2 ** (qp.bits - 1) if (qp.fmt == "int" and not qp.symmetric) else 0
+        with torch.no_grad():
+            mod.weight_scale.data = qp.scale.to(mod.weight_scale.dtype).reshape(mod.weight_scale.shape)
+            if hasattr(mod, "weight_zero_point"):
+                zp = (qp.zero - offset).to(mod.weight_zero_point.dtype).reshape(mod.weight_zero_point.shape)
+                mod.weight_zero_point.data = zp
+    compressor = ModelCompressor.from_pretrained_model(torch_model, quantization_format=fmt)
+    compressor.compress_model(torch_model)
+    torch_model.save_pretrained(out)
+    compressor.update_config(str(out))
+    model.tokenizer.save_pretrained(out)
+    (out / QUANT_JSON).write_text(json.dumps(_meta(model), indent=2, default=str), encoding="utf-8")
+    return out
 
 
 def save_quantized(model: HFModel, path: str | Path, format: str = "auto") -> Path:
@@ -270,7 +336,10 @@ def save_quantized(model: HFModel, path: str | Path, format: str = "auto") -> Pa
     spec = model.spec
     if format == "auto":
         gptq_ok = spec.method in ("gptq", "rtn") and spec.a_bits is None and spec.w_bits in (2, 4, 8)
-        format = "gptq" if gptq_ok else "simulated"
+        ct_ok = spec.method in ("w8a8", "smoothquant", "w8a8-int-gptq", "fp8") and importlib.util.find_spec(
+            "compressed_tensors"
+        ) is not None
+        format = "gptq" if gptq_ok else ("compressed-tensors" if ct_ok else "simulated")
     out.mkdir(parents=True, exist_ok=True)
     if format == "simulated":
         return _save_simulated(model, out)
