@@ -257,7 +257,9 @@ def run_gptq(
     if not batches:
         raise ConfigError("gptq: the calibration texts encode to no tokens.")
     n_tokens = int(sum(int(b.mask.sum()) for b in batches))
+    log.info("gptq: %d calibration sequences, %d tokens, %d blocks", len(seqs), n_tokens, len(layers))
     for index, layer in enumerate(layers):
+        block_start = time.perf_counter()
         groups = _sequential_groups(layer, batches[0], index)
         # true_sequential: each group sees the outputs of the groups quantized before it; else one pass for all.
         plan = [[grp] for grp in groups] if opts["true_sequential"] else [groups]
@@ -339,6 +341,7 @@ def run_gptq(
         with torch.no_grad():
             for batch in batches:
                 batch.hidden = run_block(layer, batch, index)
+        log.info("gptq: block %d/%d quantized in %.1f s", index + 1, len(layers), time.perf_counter() - block_start)
     return records
 
 
