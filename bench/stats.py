@@ -101,9 +101,11 @@ def main() -> None:
     df = build()
     binary = df[df["metric"] == "accuracy"].reset_index(drop=True)
     continuous = df[df["metric"] != "accuracy"].reset_index(drop=True)
-    print(f"grid: {LANGS} languages x {len(METHODS)} methods x 8 tasks x {ITEMS} items = {len(df):,} rows "
-          f"(built in {time.perf_counter() - t0:.1f} s, not timed); cpus: {os.cpu_count()}; "
-          f"load average: {os.getloadavg()[0]:.2f}")
+    print(
+        f"grid: {LANGS} languages x {len(METHODS)} methods x 8 tasks x {ITEMS} items = {len(df):,} rows "
+        f"(built in {time.perf_counter() - t0:.1f} s, not timed); cpus: {os.cpu_count()}; "
+        f"load average: {os.getloadavg()[0]:.2f}"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for label, source in (("from the frame (each call pairs the items)", None), ("on stats.pair(df) once", 1)):
@@ -113,7 +115,7 @@ def main() -> None:
                 sec, paired = _time(lambda: stats.pair(df, "fp32"), args.repeat)
                 total += sec
                 print(f"{'pair (1.58 M quantized rows)':<45s} {sec:7.3f} s")
-                total += _run(paired, paired, lambda: paired.select(metric=["chrf", "bpb"]), args)
+                total += _run(paired, paired, lambda p=paired: p.select(metric=["chrf", "bpb"]), args)
             else:
                 total += _run(df, binary, lambda: continuous, args)
             print(f"{'total (bootstrap + tests + adjust)':<45s} {total:7.3f} s  (target < 2 s)")
@@ -127,8 +129,12 @@ def _run(full: Any, binary: Any, continuous: Callable[[], Any], args: argparse.N
         ("wilcoxon, 396 continuous cells", lambda: stats.wilcoxon(continuous())),
     ]
     if args.bca:
-        steps.append(("paired_bootstrap 10k BCa (not in total)",
-                      lambda: stats.paired_bootstrap(full, n_resamples=10_000, method="bca")))
+        steps.append(
+            (
+                "paired_bootstrap 10k BCa (not in total)",
+                lambda: stats.paired_bootstrap(full, n_resamples=10_000, method="bca"),
+            )
+        )
     total = 0.0
     perm = None
     for name, fn in steps:
@@ -146,6 +152,7 @@ def _run(full: Any, binary: Any, continuous: Callable[[], Any], args: argparse.N
     exact = perm.to_frame()["exact"].mean()
     print(f"(permutation p-values exact in {exact:.0%} of cells, Monte Carlo in the rest)")
     return total
+
 
 if __name__ == "__main__":
     main()

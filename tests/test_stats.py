@@ -26,8 +26,13 @@ LANGS = {
 }
 
 
-def study(seed: int = 0, n: int = 80, quants: tuple[str, ...] = ("w8", "w4"), tasks: tuple[str, ...] = ("xcopa",),
-          non_latin_loss: float = 0.0) -> pd.DataFrame:
+def study(
+    seed: int = 0,
+    n: int = 80,
+    quants: tuple[str, ...] = ("w8", "w4"),
+    tasks: tuple[str, ...] = ("xcopa",),
+    non_latin_loss: float = 0.0,
+) -> pd.DataFrame:
     """Binary-accuracy results for LANGS x tasks x (fp32 + quants), language metadata included."""
     rng = np.random.default_rng(seed)
     parts = []
@@ -37,18 +42,37 @@ def study(seed: int = 0, n: int = 80, quants: tuple[str, ...] = ("w8", "w4"), ta
             for k, quant in enumerate(("fp32", *quants)):
                 loss = 0.0 if quant == "fp32" else 0.03 * k + (non_latin_loss if script != "Latn" else 0.0)
                 q = np.where((b == 1) & (rng.random(n) < loss), 0.0, b)
-                parts.append(pd.DataFrame({
-                    "quant": quant, "task": task, "lang": lang, "item_id": [f"{task}-{i}" for i in range(n)],
-                    "score": q, "script": script, "resource_class": rc, "family": fam,
-                    "difficulty": "hard" if task == "mgsm" else "easy", "metric": "acc", "higher_is_better": True,
-                }))
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "quant": quant,
+                            "task": task,
+                            "lang": lang,
+                            "item_id": [f"{task}-{i}" for i in range(n)],
+                            "score": q,
+                            "script": script,
+                            "resource_class": rc,
+                            "family": fam,
+                            "difficulty": "hard" if task == "mgsm" else "easy",
+                            "metric": "acc",
+                            "higher_is_better": True,
+                        }
+                    )
+                )
     return pd.concat(parts, ignore_index=True)
 
 
 def two_cells(b: list[float], q: list[float], **cols: object) -> pd.DataFrame:
     n = len(b)
-    df = pd.DataFrame({"quant": ["fp32"] * n + ["w4"] * n, "task": "t", "lang": "en",
-                       "item_id": [str(i) for i in range(n)] * 2, "score": b + q})
+    df = pd.DataFrame(
+        {
+            "quant": ["fp32"] * n + ["w4"] * n,
+            "task": "t",
+            "lang": "en",
+            "item_id": [str(i) for i in range(n)] * 2,
+            "score": b + q,
+        }
+    )
     for k, v in cols.items():
         df[k] = v
     return df
@@ -75,7 +99,8 @@ def test_relative_change_and_recovery_formulas() -> None:
     rec = stats.recovery(FakeResults(df)).to_frame().iloc[0]
     assert rec.recovery == pytest.approx(75.0)
     assert list(stats.recovery(df).to_frame().columns).index("recovery") < list(
-        stats.recovery(df).to_frame().columns).index("rel_change")
+        stats.recovery(df).to_frame().columns
+    ).index("rel_change")
 
 
 def test_lower_is_better_direction() -> None:
@@ -293,8 +318,18 @@ def test_flips_directions_items_and_margins() -> None:
     quant = {"a": 0.0, "b": 1.0, "c": 1.0, "d": 0.0}
     for q, scores in (("fp32", base), ("w4", quant)):
         for item, s in scores.items():
-            rows.append({"quant": q, "task": "belebele", "lang": "en", "item_id": item, "score": s, "target": "0",
-                         "extra": json.dumps({"logprobs": logprobs[item]}), "extracted": "0" if s else "1"})
+            rows.append(
+                {
+                    "quant": q,
+                    "task": "belebele",
+                    "lang": "en",
+                    "item_id": item,
+                    "score": s,
+                    "target": "0",
+                    "extra": json.dumps({"logprobs": logprobs[item]}),
+                    "extracted": "0" if s else "1",
+                }
+            )
     out = stats.flips(pd.DataFrame(rows), bins=2)
     r = out.to_frame().iloc[0]
     assert (r.n, r.baseline_correct, r.correct_to_wrong, r.wrong_to_correct) == (4, 3, 2, 1)

@@ -154,8 +154,13 @@ def _scipy_boot(b: np.ndarray, q: np.ndarray, stat: str, method: str) -> tuple[f
         return 100 * (y.mean(axis) - x.mean(axis)) / x.mean(axis)
 
     res = ss.bootstrap(
-        (b, q), diff if stat == "diff" else rel, paired=True, vectorized=True, n_resamples=20_000,
-        method=method, random_state=12,
+        (b, q),
+        diff if stat == "diff" else rel,
+        paired=True,
+        vectorized=True,
+        n_resamples=20_000,
+        method=method,
+        random_state=12,
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -183,8 +188,9 @@ def test_bootstrap_continuous_weighted_close_to_scipy() -> None:
     def wrel(x: np.ndarray, y: np.ndarray, ww: np.ndarray, axis: int = -1) -> np.ndarray:
         return 100 * ((y - x) * ww).sum(axis) / (x * ww).sum(axis)
 
-    res = ss.bootstrap((b, q, w), wrel, paired=True, vectorized=True, n_resamples=20_000, method="percentile",
-                       random_state=0)
+    res = ss.bootstrap(
+        (b, q, w), wrel, paired=True, vectorized=True, n_resamples=20_000, method="percentile", random_state=0
+    )
     assert t["rel_change"] == pytest.approx(100 * ((q - b) * w).sum() / (b * w).sum())
     assert t["rel_change_lo"] == pytest.approx(res.confidence_interval.low, abs=0.03)
     assert t["rel_change_hi"] == pytest.approx(res.confidence_interval.high, abs=0.03)
@@ -201,8 +207,15 @@ def test_cluster_bootstrap_close_to_scipy_on_cluster_totals() -> None:
     groups = np.repeat([f"p{i}" for i in range(n_clusters)], size)
     t = stats.paired_bootstrap(paired_frame(b, q, group=groups), n_resamples=20_000, seed=0).to_frame().iloc[0]
     db = (q - b).reshape(n_clusters, size).sum(1)
-    res = ss.bootstrap((db, np.full(n_clusters, size)), lambda d, w, axis=-1: d.sum(axis) / w.sum(axis),
-                       paired=True, vectorized=True, n_resamples=20_000, method="percentile", random_state=0)
+    res = ss.bootstrap(
+        (db, np.full(n_clusters, size)),
+        lambda d, w, axis=-1: d.sum(axis) / w.sum(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=20_000,
+        method="percentile",
+        random_state=0,
+    )
     assert t["n_units"] == n_clusters
     assert t["diff_lo"] == pytest.approx(res.confidence_interval.low, abs=0.003)
     assert t["diff_hi"] == pytest.approx(res.confidence_interval.high, abs=0.003)
@@ -229,12 +242,8 @@ def test_adjust_equals_multipletests() -> None:
         got = stats.adjust(p, ours)
         assert np.isnan(got[~ok]).all()
         np.testing.assert_allclose(got[ok], multipletests(p[ok], method=ref)[1], rtol=1e-12)
-    np.testing.assert_allclose(
-        stats.adjust([0.01, 0.02, 0.03, 0.04], "holm"), [0.04, 0.06, 0.06, 0.06], rtol=1e-12
-    )
-    np.testing.assert_allclose(
-        stats.adjust([0.01, 0.02, 0.03, 0.04], "bh"), [0.04, 0.04, 0.04, 0.04], rtol=1e-12
-    )
+    np.testing.assert_allclose(stats.adjust([0.01, 0.02, 0.03, 0.04], "holm"), [0.04, 0.06, 0.06, 0.06], rtol=1e-12)
+    np.testing.assert_allclose(stats.adjust([0.01, 0.02, 0.03, 0.04], "bh"), [0.04, 0.04, 0.04, 0.04], rtol=1e-12)
 
 
 def test_adjust_within_named_families() -> None:
@@ -252,16 +261,35 @@ def test_adjust_within_named_families() -> None:
 def _mixed_data(seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
-    langs = [("en", "Latn", 5), ("fr", "Latn", 5), ("de", "Latn", 5), ("es", "Latn", 5), ("ja", "Jpan", 5),
-             ("zh", "Hans", 5), ("ar", "Arab", 5), ("hi", "Deva", 4)]
+    langs = [
+        ("en", "Latn", 5),
+        ("fr", "Latn", 5),
+        ("de", "Latn", 5),
+        ("es", "Latn", 5),
+        ("ja", "Jpan", 5),
+        ("zh", "Hans", 5),
+        ("ar", "Arab", 5),
+        ("hi", "Deva", 4),
+    ]
     for lang, script, rc in langs:
         b = (rng.random(40) < 0.7).astype(float)
         for quant, loss in (("fp32", 0.0), ("w8", 0.03), ("w4", 0.08)):
             extra = 0.06 if script != "Latn" and quant != "fp32" else 0.0
             q = np.where((b == 1) & (rng.random(40) < loss + extra), 0.0, b) if quant != "fp32" else b
-            rows.append(pd.DataFrame({"quant": quant, "task": "xcopa", "lang": lang, "item_id": [str(i) for i in
-                                      range(40)], "score": q, "script": script, "resource_class": rc,
-                                      "family": "f"}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "quant": quant,
+                        "task": "xcopa",
+                        "lang": lang,
+                        "item_id": [str(i) for i in range(40)],
+                        "score": q,
+                        "script": script,
+                        "resource_class": rc,
+                        "family": "f",
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -271,8 +299,13 @@ def test_mixed_effects_matches_statsmodels() -> None:
     data, unit = stats.drop_frame(df)
     assert unit == "points"
     data["method"] = pd.Categorical(data["method"], categories=["w8", "w4"])
-    model = smf.mixedlm("drop ~ C(method) + non_latin + resource_class", data, groups=data["lang"],
-                        re_formula="1", vc_formula={"item": "0 + C(item)"})
+    model = smf.mixedlm(
+        "drop ~ C(method) + non_latin + resource_class",
+        data,
+        groups=data["lang"],
+        re_formula="1",
+        vc_formula={"item": "0 + C(item)"},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # statsmodels' default optimizer sequence stops at a worse REML optimum on this data (-2851.87, not
@@ -281,8 +314,11 @@ def test_mixed_effects_matches_statsmodels() -> None:
     ref = max(refs, key=lambda r: r.llf)
     assert fit.formula == "drop ~ C(method) + non_latin + resource_class"
     assert fit.llf == pytest.approx(ref.llf, abs=1e-4)
-    for term, ref_term in (("non_latin", "non_latin"), ("method[w4]", "C(method)[T.w4]"),
-                           ("resource_class", "resource_class")):
+    for term, ref_term in (
+        ("non_latin", "non_latin"),
+        ("method[w4]", "C(method)[T.w4]"),
+        ("resource_class", "resource_class"),
+    ):
         assert fit.effect(term).estimate == pytest.approx(ref.params[ref_term], abs=1e-6)
         assert fit.effect(term).se == pytest.approx(ref.bse[ref_term], rel=1e-3)
     assert fit.variance["item"] == pytest.approx(ref.vcomp[0], rel=1e-2)
@@ -316,3 +352,12 @@ def test_power_mdd_matches_normal_power_and_simulation() -> None:
     assert np.mean(pvals < 0.05) == pytest.approx(0.8, abs=0.04)
     assert mdd == pytest.approx(0.0313, abs=1e-4)
     assert int(stats.required_n(0.02, 0.1)) == 1960
+
+
+def test_adjust_matches_multipletests_on_random_p_values() -> None:
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 7, 50, 1584):
+        p = rng.random(size) ** 3
+        p[: size // 5] = p[0]  # ties
+        for ours, ref in (("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")):
+            np.testing.assert_allclose(stats.adjust(p, ours), multipletests(p, method=ref)[1], rtol=1e-12)

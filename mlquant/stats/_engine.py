@@ -181,9 +181,7 @@ def jackknife_accel(
     return _accel(jd, gu, n_groups), _accel(jr, gu, n_groups)
 
 
-def intervals(
-    reps: np.ndarray, theta: np.ndarray, spec: Bootstrap, accel: np.ndarray | None = None
-) -> np.ndarray:
+def intervals(reps: np.ndarray, theta: np.ndarray, spec: Bootstrap, accel: np.ndarray | None = None) -> np.ndarray:
     """Percentile or BCa interval of each row of ``reps`` (rows x replicates); returns rows x (lo, hi).
 
     Replicates are sorted in single precision, so endpoints carry 7 significant digits. Rows holding a

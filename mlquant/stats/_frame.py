@@ -29,11 +29,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from mlquant.errors import ConfigError, DataError, MlquantError
+from mlquant.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Paired", "pair", "as_frame", "group_cells", "subset", "binary_cells", "GROUPABLE", "Weighting"]
+__all__ = ["Paired", "pair", "as_frame", "subset", "binary_cells", "Weighting"]
 
 Weighting = Literal["language", "item"]
 
@@ -46,19 +46,6 @@ CELL_META: dict[str, Any] = {
     "difficulty": "unknown",
     "kind": "unknown",
 }
-#: Names accepted in ``by``: the cell keys, the cell metadata, and ``latin`` (Latin / non-Latin script).
-GROUPABLE: tuple[str, ...] = (
-    "task",
-    "lang",
-    "metric",
-    "kind",
-    "difficulty",
-    "higher_is_better",
-    "script",
-    "latin",
-    "resource_class",
-    "family",
-)
 
 
 def as_frame(results: Any) -> pd.DataFrame:
@@ -260,8 +247,7 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
     labels = [str(x) for x in q_labels]
     if baseline not in labels:
         raise ConfigError(
-            f"no rows with quant == {baseline!r} (the baseline); labels present: {labels}. "
-            "Pass baseline= one of these."
+            f"no rows with quant == {baseline!r} (the baseline); labels present: {labels}. Pass baseline= one of these."
         )
     if len(labels) < 2:
         raise ConfigError(f"only the baseline {baseline!r} is present; there is nothing to compare it with.")
@@ -305,9 +291,11 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
     base_sorted_keys = item_key[base_rows][order]
     pos = np.searchsorted(base_sorted_keys, item_key[other_rows])
     pos_c = np.minimum(pos, len(base_sorted_keys) - 1) if len(base_sorted_keys) else pos
-    matched = (pos < len(base_sorted_keys)) & (base_sorted_keys[pos_c] == item_key[other_rows]) if len(
-        base_sorted_keys
-    ) else np.zeros(len(other_rows), dtype=bool)
+    matched = (
+        (pos < len(base_sorted_keys)) & (base_sorted_keys[pos_c] == item_key[other_rows])
+        if len(base_sorted_keys)
+        else np.zeros(len(other_rows), dtype=bool)
+    )
     rows_q = other_rows[matched]
     rows_b = base_rows[order][pos_c[matched]]
 
@@ -361,7 +349,7 @@ def _warn_item_sets(
     idx = np.flatnonzero(differ)[:6]
     no_base = int((differ & (n_b == 0)).sum())
     extras = [f": {n_m[i]} paired of {n_b[i]} baseline / {n_q[i]} quantized items" for i in idx]
-    detail = "; ".join(f"({', '.join(r)}){e}" for r, e in zip(key_frame.itertuples(index=False), extras))
+    detail = "; ".join(f"({', '.join(r)}){e}" for r, e in zip(key_frame.itertuples(index=False), extras, strict=True))
     more = f" and {int(differ.sum()) - len(idx)} more" if differ.sum() > len(idx) else ""
     msg = (
         f"{int(differ.sum())} quantized cell(s) have item sets that differ from their baseline cell's; each is "
@@ -461,103 +449,6 @@ def _build(
         unit_cell=ucell,
         frame=frame,
     )
-
-
-def language_meta(paired: Paired, columns: Sequence[str]) -> pd.DataFrame:
-    """The cells table with ``columns`` (script, resource_class, family, latin) filled in.
-
-    Values the frame lacks come from :func:`mlquant.languages.get_language`.
-
-    Raises:
-        ConfigError: a language is unknown and the frame does not give the value.
-    """
-    cells = paired.cells.copy()
-    need = {"script" if c == "latin" else c for c in columns if c in (*LANG_META, "latin")}
-    for col in sorted(need):
-        if col not in cells.columns:
-            cells[col] = None
-        missing = cells[col].isna()
-        if missing.any():
-            cells.loc[missing, col] = [_lang_attr(lang, col) for lang in cells.loc[missing, "lang"]]
-    if "resource_class" in cells.columns:
-        cells["resource_class"] = pd.to_numeric(cells["resource_class"], errors="coerce")
-    if "latin" in columns:
-        from mlquant.languages import LATIN_SCRIPTS
-
-        cells["latin"] = np.where(cells["script"].isin(list(LATIN_SCRIPTS)), "Latin", "non-Latin")
-    return cells
-
-
-def _lang_attr(lang: str, col: str) -> Any:
-    from mlquant.languages import get_language
-
-    try:
-        return getattr(get_language(lang), col)
-    except MlquantError as exc:
-        raise ConfigError(
-            f"cannot group by {col!r}: the results give no {col!r} for language {lang!r} and its language file "
-            f"could not be loaded ({exc}). Add a {col!r} column to the results."
-        ) from None
-
-
-def group_cells(paired: Paired, by: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """Map each cell to a group of ``by`` (the quant, and the model when several, are always keys).
-
-    Returns:
-        ``(group_of_cell, groups)``: an int array with one entry per cell and a frame with one row per group
-        (its key columns, ``n_cells`` and ``n_langs``), in order of first appearance.
-
-    Raises:
-        ConfigError: ``by`` names an unknown column.
-    """
-    if isinstance(by, str):
-        by = (by,)
-    by = tuple(by)
-    unknown = [c for c in by if c not in GROUPABLE and c not in paired.cells.columns]
-    if unknown:
-        raise ConfigError(f"cannot group by {unknown[0]!r}; expected names from {list(GROUPABLE)}.")
-    lead = tuple(k for k in paired.keys if k in ("model", "quant"))
-    cols = lead + tuple(c for c in by if c not in lead)
-    cells = language_meta(paired, cols) if any(c in (*LANG_META, "latin") for c in cols) else paired.cells
-    key_frame = cells[list(cols)]
-    codes = [pd.factorize(key_frame[c].astype(str), sort=False)[0] for c in cols]
-    combined = _combine(codes, [int(c.max()) + 1 for c in codes])
-    group_of_cell, first = pd.factorize(combined, sort=False)
-    first_idx = np.array([np.flatnonzero(group_of_cell == g)[0] for g in range(len(first))], dtype=int)
-    groups = key_frame.iloc[first_idx].reset_index(drop=True)
-    groups["n_cells"] = np.bincount(group_of_cell, minlength=len(first)).astype(int)
-    langs = pd.Series(cells["lang"].to_numpy()).groupby(group_of_cell).nunique()
-    groups["n_langs"] = langs.reindex(range(len(first))).fillna(0).astype(int).to_numpy()
-    return group_of_cell.astype(np.int64), groups
-
-
-def check_weighting(weighting: str) -> Weighting:
-    """Validate a ``weighting`` argument."""
-    if weighting not in ("language", "item"):
-        raise ConfigError(f"weighting must be 'language' or 'item', got {weighting!r}.")
-    return weighting  # type: ignore[return-value]
-
-
-def check_group_metrics(paired: Paired, group_of_cell: np.ndarray, weighting: Weighting) -> None:
-    """Warn (language weighting) or fail (item weighting) when a group mixes metric directions or metrics."""
-    cells = paired.cells
-    n_groups = int(group_of_cell.max()) + 1 if len(group_of_cell) else 0
-    hib = pd.Series(cells["higher_is_better"].to_numpy()).groupby(group_of_cell).nunique()
-    metric = pd.Series(cells["metric"].astype(str).to_numpy()).groupby(group_of_cell).nunique()
-    if weighting == "item" and (metric > 1).any():
-        g = int(metric.index[(metric > 1).to_numpy()][0])
-        names = sorted(set(cells["metric"].astype(str)[group_of_cell == g]))
-        raise ConfigError(
-            f"weighting='item' pools items, but a group mixes metrics {names}; pooling scores of different "
-            "metrics is meaningless. Add 'metric' to by=, or use weighting='language'."
-        )
-    if n_groups and (hib > 1).any():
-        warnings.warn(
-            "a group mixes metrics where higher is better with metrics where lower is better (bits per byte); "
-            "its mean rel_change mixes directions. Read rel_drop (positive = worse) instead, or add "
-            "'higher_is_better' to by=.",
-            stacklevel=4,
-        )
 
 
 def subset(paired: Paired, cell_mask: np.ndarray) -> Paired:

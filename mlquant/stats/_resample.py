@@ -153,8 +153,14 @@ def _small_tuples(
     ud, ub, uw = units
     lim = 63
     is_int = (
-        (np.abs(ud - np.round(ud)) < 1e-9) & (np.abs(ub - np.round(ub)) < 1e-9) & (np.abs(uw - np.round(uw)) < 1e-9)
-        & (np.abs(ud) <= lim) & (np.abs(ub) <= lim) & (uw <= lim) & (uw >= 0) & (ub >= -lim)
+        (np.abs(ud - np.round(ud)) < 1e-9)
+        & (np.abs(ub - np.round(ub)) < 1e-9)
+        & (np.abs(uw - np.round(uw)) < 1e-9)
+        & (np.abs(ud) <= lim)
+        & (np.abs(ub) <= lim)
+        & (uw <= lim)
+        & (uw >= 0)
+        & (ub >= -lim)
     )
     ok_cell = np.bincount(unit_cell, weights=(~is_int).astype(float), minlength=n_cells) == 0
     sel = ok_cell[unit_cell]
@@ -246,8 +252,9 @@ def bootstrap_groups(
         for chunk, d, b, w in _gemm_sums(cells, units, orders, m_cell, cache):
             for (g, n_g), acc in zip(mappings, accs, strict=True):
                 _add(acc, g, n_g, chunk, (d, b, w), weighting, 0)
-        return [_finish(paired, g, n_g, acc, weighting, spec, keep) for (g, n_g), acc in zip(mappings, accs,
-                                                                                             strict=True)]
+        return [
+            _finish(paired, g, n_g, acc, weighting, spec, keep) for (g, n_g), acc in zip(mappings, accs, strict=True)
+        ]
     out = []
     for g, n_g in mappings:
         per = max(1, _ACC_BYTES // (n_res * n_stats * 8))

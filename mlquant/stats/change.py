@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from mlquant.stats._engine import Bootstrap, point_estimates
-from mlquant.stats._frame import Weighting, check_group_metrics, check_weighting, group_cells, pair
+from mlquant.stats._frame import Weighting, pair
+from mlquant.stats._groups import check_group_metrics, check_weighting, group_cells
 from mlquant.stats._resample import bootstrap_cells, bootstrap_groups
 from mlquant.stats._types import FrameResult, format_frame
 

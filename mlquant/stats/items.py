@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from mlquant.errors import ConfigError, DataError
-from mlquant.stats._frame import binary_cells, group_cells, pair, subset
+from mlquant.stats._frame import binary_cells, pair, subset
+from mlquant.stats._groups import group_cells
 from mlquant.stats._types import FrameResult, format_frame
 
 __all__ = ["FlipTable", "flips", "choice_margin"]
@@ -127,7 +128,8 @@ def flips(
         >>> import pandas as pd
         >>> df = pd.DataFrame({"quant": ["fp32"] * 2 + ["w4"] * 2, "task": "t", "lang": "en",
         ...                    "item_id": list("ab") * 2, "score": [1.0, 1, 0, 1],
-        ...                    "target": "0", "extra": ['{"logprobs": [-0.1, -0.2]}', '{"logprobs": [-0.1, -3.0]}'] * 2})
+        ...                    "target": "0",
+        ...                    "extra": ['{"logprobs": [-0.1, -0.2]}', '{"logprobs": [-0.1, -3.0]}'] * 2})
         >>> flips(df).flipped_items()["baseline_margin"].round(2).tolist()
         [0.1]
 
@@ -216,12 +218,14 @@ def _by_margin(paired: Any, margin_b: np.ndarray, bins: int) -> pd.DataFrame:
     df["loss"] = (df["b"] == 1) & (df["q"] == 0)
     df["gain"] = (df["b"] == 0) & (df["q"] == 1)
     grp = df.groupby([*lead, "bin"], observed=True, sort=False)
-    out = grp.agg(n=("b", "size"), baseline=("b", "mean"), quantized=("q", "mean"), losses=("loss", "sum"),
-                  gains=("gain", "sum")).reset_index()
+    out = grp.agg(
+        n=("b", "size"), baseline=("b", "mean"), quantized=("q", "mean"), losses=("loss", "sum"), gains=("gain", "sum")
+    ).reset_index()
     out["margin_lo"] = [iv.left for iv in out["bin"]]
     out["margin_hi"] = [iv.right for iv in out["bin"]]
     out["drop_points"] = 100.0 * (out["baseline"] - out["quantized"])
     out["flip_rate"] = (out["losses"] + out["gains"]) / out["n"]
     out = out.drop(columns=["bin"]).sort_values([*lead, "margin_lo"], kind="stable").reset_index(drop=True)
-    return out[[*lead, "margin_lo", "margin_hi", "n", "baseline", "quantized", "drop_points", "losses", "gains",
-                "flip_rate"]]
+    return out[
+        [*lead, "margin_lo", "margin_hi", "n", "baseline", "quantized", "drop_points", "losses", "gains", "flip_rate"]
+    ]

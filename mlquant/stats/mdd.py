@@ -31,7 +31,8 @@ import numpy as np
 from scipy.special import ndtri
 
 from mlquant.errors import ConfigError
-from mlquant.stats._frame import binary_cells, group_cells, pair
+from mlquant.stats._frame import binary_cells, pair
+from mlquant.stats._groups import group_cells
 from mlquant.stats._types import FrameResult, format_frame
 
 __all__ = ["PowerTable", "power", "minimum_detectable_difference", "required_n"]

@@ -42,7 +42,8 @@ import numpy as np
 import pandas as pd
 
 from mlquant.errors import ConfigError, DataError
-from mlquant.stats._frame import language_meta, pair
+from mlquant.stats._frame import pair
+from mlquant.stats._groups import language_meta
 from mlquant.stats._types import FrameResult, format_frame
 
 logger = logging.getLogger(__name__)
@@ -186,8 +187,12 @@ def drop_frame(results: Any, baseline: str = "fp32") -> tuple[pd.DataFrame, str]
 
 def _default_terms(data: pd.DataFrame, notes: list[str]) -> list[str]:
     terms = []
-    for term, col in (("C(method)", "method"), ("non_latin", "non_latin"), ("resource_class", "resource_class"),
-                      ("C(difficulty)", "difficulty")):
+    for term, col in (
+        ("C(method)", "method"),
+        ("non_latin", "non_latin"),
+        ("resource_class", "resource_class"),
+        ("C(difficulty)", "difficulty"),
+    ):
         if data[col].nunique() > 1:
             terms.append(term)
         else:
@@ -240,7 +245,7 @@ def _rename(term: str) -> str:
     for factor in ("method", "difficulty", "task", "script", "family"):
         prefix = f"C({factor})[T."
         if term.startswith(prefix) and term.endswith("]"):
-            return f"{factor}[{term[len(prefix):-1]}]"
+            return f"{factor}[{term[len(prefix) : -1]}]"
     return term
 
 
@@ -313,8 +318,10 @@ def mixed_effects(
     data["key"] = data["lang"] + "|" + data["item"]
     with_items = bool(items) and int(data.groupby("key").size().max()) > 1
     if items and not with_items:
-        notes.append("each item is observed once per language (one method): item intercepts are not identified "
-                     "apart from the residual and are left out.")
+        notes.append(
+            "each item is observed once per language (one method): item intercepts are not identified "
+            "apart from the residual and are left out."
+        )
     formula = f"drop ~ {fixed}"
     vc = {"item": "0 + C(item)"} if with_items else None
     model = smf.mixedlm(formula, data, groups=data["lang"], re_formula="1", vc_formula=vc)

@@ -34,7 +34,8 @@ import pandas as pd
 
 from mlquant.errors import ConfigError
 from mlquant.stats._engine import Bootstrap, point_estimates
-from mlquant.stats._frame import Paired, group_cells, pair
+from mlquant.stats._frame import Paired, pair
+from mlquant.stats._groups import group_cells
 from mlquant.stats._resample import bootstrap_groups
 from mlquant.stats._types import FrameResult, format_frame
 from mlquant.stats.change import change_table
@@ -86,8 +87,8 @@ class Summary(FrameResult):
         ]
         show = cells[[c for c in (*st.get("keys", ()), "metric", "n", "baseline", "quantized") if c in cells]].copy()
         show["rel_change [CI]"] = [
-            f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]" for r, lo, hi in zip(
-                cells["rel_change"], cells["rel_change_lo"], cells["rel_change_hi"], strict=True)
+            f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            for r, lo, hi in zip(cells["rel_change"], cells["rel_change_lo"], cells["rel_change_hi"], strict=True)
         ]
         show["p_holm"] = [f"{p:.3g}{'*' if p < alpha else ''}" for p in cells["p_holm"]]
         show["mdd_rel"] = cells["mdd_rel"]
@@ -117,8 +118,10 @@ def _direction_key(paired: Paired) -> tuple[str, ...]:
 def _groupings(paired: Paired, spec: Bootstrap, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     extra = _direction_key(paired)
     if extra:
-        notes.append("the study mixes metrics where higher is better and lower is better; groupings are split by "
-                     "higher_is_better.")
+        notes.append(
+            "the study mixes metrics where higher is better and lower is better; groupings are split by "
+            "higher_is_better."
+        )
     maps: list[tuple[str, np.ndarray, pd.DataFrame]] = []
     for grouping in GROUPINGS:
         if grouping == "difficulty" and set(paired.cells["difficulty"].astype(str)) <= {"unknown"}:
@@ -146,8 +149,12 @@ def _groupings(paired: Paired, spec: Bootstrap, notes: list[str]) -> tuple[pd.Da
 
 
 def _latin_contrast(frame: pd.DataFrame, reps: np.ndarray, spec: Bootstrap) -> pd.DataFrame:
-    lead = [c for c in frame.columns if c not in ("grouping", "value", "n_cells", "n_langs", "rel_change",
-                                                   "weighting", "rel_change_lo", "rel_change_hi")]
+    lead = [
+        c
+        for c in frame.columns
+        if c
+        not in ("grouping", "value", "n_cells", "n_langs", "rel_change", "weighting", "rel_change_lo", "rel_change_hi")
+    ]
     alpha = (1 - spec.confidence) / 2
     out = []
     for key, sub in frame.groupby(lead, sort=False):
@@ -157,7 +164,7 @@ def _latin_contrast(frame: pd.DataFrame, reps: np.ndarray, spec: Bootstrap) -> p
         i, j = levels["non-Latin"], levels["Latin"]
         diff = reps[i] - reps[j]
         diff = diff[np.isfinite(diff)]
-        lo, hi = (np.quantile(diff, [alpha, 1 - alpha]) if len(diff) else (np.nan, np.nan))
+        lo, hi = np.quantile(diff, [alpha, 1 - alpha]) if len(diff) else (np.nan, np.nan)
         row = dict(zip(lead, key if isinstance(key, tuple) else (key,), strict=True))
         row.update(latin=frame.loc[j, "rel_change"], non_latin=frame.loc[i, "rel_change"])
         row.update(difference=frame.loc[i, "rel_change"] - frame.loc[j, "rel_change"], lo=lo, hi=hi)
@@ -188,9 +195,9 @@ def summary(
 
     Example:
         >>> import pandas as pd
-        >>> df = pd.DataFrame({"quant": ["fp32"] * 4 + ["w4"] * 4, "task": "t", "lang": "en", "script": "Latn",
-        ...                    "resource_class": 5, "family": "Indo-European", "item_id": list("abcd") * 2,
-        ...                    "score": [1.0, 1, 1, 0, 1, 0, 1, 0]})
+        >>> df = pd.DataFrame({"quant": ["fp32"] * 8 + ["w4"] * 8, "task": "t", "lang": "en", "script": "Latn",
+        ...                    "resource_class": 5, "family": "Indo-European", "item_id": list("abcdefgh") * 2,
+        ...                    "score": [1.0, 1, 1, 1, 1, 1, 1, 0] + [1.0, 0, 1, 1, 1, 1, 1, 1]})
         >>> s = summary(df, n_resamples=500)
         >>> float(s.to_frame().p_value.iloc[0])
         1.0
@@ -212,8 +219,23 @@ def summary(
     for other in (tests, pw):
         if not other[keys].astype(str).equals(change[keys].astype(str)):  # pragma: no cover - same grouping
             raise RuntimeError("internal error: cell order differs between statistics")
-    cells = change[keys + ["metric", "higher_is_better", "n", "baseline", "quantized", "diff", "diff_lo", "diff_hi",
-                           "rel_change", "rel_change_lo", "rel_change_hi", "rel_drop"]].copy()
+    cells = change[
+        keys
+        + [
+            "metric",
+            "higher_is_better",
+            "n",
+            "baseline",
+            "quantized",
+            "diff",
+            "diff_lo",
+            "diff_hi",
+            "rel_change",
+            "rel_change_lo",
+            "rel_change_hi",
+            "rel_drop",
+        ]
+    ].copy()
     cells["p_value"] = tests["p_value"].to_numpy()
     cells["exact"] = tests["exact"].to_numpy()
     cells["p_holm"] = adjust(cells["p_value"].to_numpy(), "holm")
