@@ -181,24 +181,46 @@ def jackknife_accel(
     return _accel(jd, gu, n_groups), _accel(jr, gu, n_groups)
 
 
-def intervals(reps: np.ndarray, theta: np.ndarray, spec: Bootstrap, accel: np.ndarray | None = None) -> np.ndarray:
+def _counted_order_stats(x: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Order statistics of integer-valued rows by counting (no sort): ``ranks`` (rows x k, 0-based)."""
+    n_rows, n_res = x.shape
+    lo = x.min(axis=1)
+    span = (x.max(axis=1) - lo).astype(np.int64) + 1
+    offs = np.r_[0, np.cumsum(span)[:-1]]
+    idx = (x - lo[:, None]).astype(np.int64) + offs[:, None]
+    cum = np.cumsum(np.bincount(idx.ravel(), minlength=int(span.sum())))
+    # Every row holds n_res replicates, so the counts before row r sum to r * n_res.
+    target = ranks + 1 + (np.arange(n_rows) * n_res)[:, None]
+    pos = np.searchsorted(cum, target)
+    return lo[:, None] + (pos - offs[:, None])
+
+
+def intervals(
+    reps: np.ndarray,
+    theta: np.ndarray,
+    spec: Bootstrap,
+    accel: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
     """Percentile or BCa interval of each row of ``reps`` (rows x replicates); returns rows x (lo, hi).
 
-    Replicates are sorted in single precision, so endpoints carry 7 significant digits. Rows holding a
-    non-finite replicate (a relative change over a resampled baseline of 0) get NaN.
+    With ``scale``, ``reps`` are integers and the statistic is ``reps / scale`` (row-wise): order statistics are
+    then counted instead of sorted. Otherwise replicates are sorted in single precision, so endpoints carry 7
+    significant digits. Rows holding a non-finite replicate (a relative change over a resampled baseline of 0)
+    get NaN.
     """
     n_rows, n_res = reps.shape
-    r = np.array(reps, dtype=np.float32)  # a copy: sorted / partitioned in place
-    finite = np.isfinite(r).all(axis=1)
     alpha = (1.0 - spec.confidence) / 2.0
+    if scale is None:
+        r = np.array(reps, dtype=np.float32)  # a copy: sorted / partitioned in place
+        th = theta.astype(np.float32)[:, None]
+    else:
+        r = np.rint(reps).astype(np.int64)
+        th = (theta * scale)[:, None]
+    finite = np.isfinite(r).all(axis=1) if scale is None else np.ones(n_rows, dtype=bool)
     if spec.method == "percentile":
         p = np.broadcast_to(np.array([alpha, 1.0 - alpha]), (n_rows, 2))
-        # Only four order statistics are needed: a partition is cheaper than a sort.
-        kth = np.floor((n_res - 1) * p[0]).astype(np.int64)
-        r.partition(np.unique(np.clip(np.r_[kth, kth + 1], 0, n_res - 1)), axis=1)
     else:
-        r.sort(axis=1)
-        th = theta.astype(np.float32)[:, None]
         frac = (np.count_nonzero(r < th, axis=1) + np.count_nonzero(r <= th, axis=1)) / (2.0 * n_res)
         with np.errstate(divide="ignore", invalid="ignore"):
             z0 = ndtri(frac)[:, None]
@@ -210,8 +232,18 @@ def intervals(reps: np.ndarray, theta: np.ndarray, spec: Bootstrap, accel: np.nd
     h = (n_res - 1) * np.where(ok, p, 0.0)
     lo = np.clip(np.floor(h).astype(np.int64), 0, n_res - 1)
     hi = np.minimum(lo + 1, n_res - 1)
-    rows = np.arange(n_rows)[:, None]
-    low, high = r[rows, lo].astype(np.float64), r[rows, hi].astype(np.float64)
+    if scale is not None:
+        stats = _counted_order_stats(r, np.concatenate([lo, hi], axis=1)) / scale[:, None]
+        low, high = stats[:, :2], stats[:, 2:]
+    elif spec.method == "percentile":
+        # Only four order statistics are needed: a partition is cheaper than a sort.
+        r.partition(np.unique(np.r_[lo[0], hi[0]]), axis=1)
+        rows = np.arange(n_rows)[:, None]
+        low, high = r[rows, lo].astype(np.float64), r[rows, hi].astype(np.float64)
+    else:
+        r.sort(axis=1)
+        rows = np.arange(n_rows)[:, None]
+        low, high = r[rows, lo].astype(np.float64), r[rows, hi].astype(np.float64)
     with np.errstate(invalid="ignore"):
         out = low + (h - lo) * (high - low)
     out[~ok] = np.nan

@@ -287,17 +287,19 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
     is_base = q_code == base_code
     base_rows = np.flatnonzero(is_base)
     other_rows = np.flatnonzero(~is_base)
-    order = np.argsort(item_key[base_rows], kind="stable")
-    base_sorted_keys = item_key[base_rows][order]
-    pos = np.searchsorted(base_sorted_keys, item_key[other_rows])
-    pos_c = np.minimum(pos, len(base_sorted_keys) - 1) if len(base_sorted_keys) else pos
-    matched = (
-        (pos < len(base_sorted_keys)) & (base_sorted_keys[pos_c] == item_key[other_rows])
-        if len(base_sorted_keys)
-        else np.zeros(len(other_rows), dtype=bool)
-    )
-    rows_q = other_rows[matched]
-    rows_b = base_rows[order][pos_c[matched]]
+    key_space = float(np.prod(np.array(sizes, dtype=float)))
+    if key_space <= 5e7:  # a lookup table: O(rows)
+        table = np.full(int(key_space), -1, dtype=np.int64)
+        table[item_key[base_rows]] = base_rows
+        found = table[item_key[other_rows]]
+        matched = found >= 0
+        rows_q, rows_b = other_rows[matched], found[matched]
+    else:
+        order = np.argsort(item_key[base_rows], kind="stable")
+        base_sorted_keys = item_key[base_rows][order]
+        pos = np.minimum(np.searchsorted(base_sorted_keys, item_key[other_rows]), len(base_sorted_keys) - 1)
+        matched = base_sorted_keys[pos] == item_key[other_rows]
+        rows_q, rows_b = other_rows[matched], base_rows[order][pos[matched]]
 
     cell_codes = [code for code in codes[:-1]]  # (model,) task, lang
     cell_sizes = sizes[:-1]
@@ -387,16 +389,19 @@ def _build(
             gcode, guniq = pd.factorize(pd.Series(grp[has_grp]).astype(str), sort=True)
             unit_code = item_c.astype(np.int64) + len(guniq)
             unit_code[has_grp] = gcode
-    sort_parts = [model_c, q_code[rows_q], task_c, lang_c, unit_code, item_c]
-    sort_sizes = [int(x.max()) + 1 for x in sort_parts]
-    if float(np.prod(np.array(sort_sizes, dtype=float))) < 2.0**62:
-        order = np.argsort(_combine(sort_parts, sort_sizes))
+    cell_parts = [model_c, q_code[rows_q], task_c, lang_c]
+    cell_sizes = [int(x.max()) + 1 for x in cell_parts]
+    within = [unit_code] if unit_code is item_c else [unit_code, item_c]
+    within_sizes = [int(x.max()) + 1 for x in within]
+    if float(np.prod(np.array(cell_sizes + within_sizes, dtype=float))) < 2.0**62:
+        key = _combine(cell_parts + within, cell_sizes + within_sizes)
+        order = np.argsort(key)
+        cell_key = key[order] // np.int64(np.prod(within_sizes))
     else:  # pragma: no cover - astronomically many keys
-        order = np.lexsort(tuple(reversed(sort_parts)))
+        order = np.lexsort(tuple(reversed(cell_parts + within)))
+        cell_key = _combine([x[order] for x in cell_parts], cell_sizes)
     rows_b, rows_q, b, q = rows_b[order], rows_q[order], b[order], q[order]
     unit_code, item_code = unit_code[order], item_c[order]
-    cell_parts = [model_c[order], q_code[rows_q], task_c[order], lang_c[order]]
-    cell_key = _combine(cell_parts, [int(c.max()) + 1 for c in cell_parts])
     change = np.r_[True, cell_key[1:] != cell_key[:-1]]
     cell = np.cumsum(change) - 1
     ustart = np.r_[True, (cell[1:] != cell[:-1]) | (unit_code[1:] != unit_code[:-1])]

@@ -108,20 +108,28 @@ def _row_orders(paired: Paired, seed: int) -> list[np.ndarray]:
 def _gemm_sums(
     cells: np.ndarray, units: tuple[np.ndarray, ...], orders: list[np.ndarray], m_cell: np.ndarray, cache: _Counts
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Replicate sums ``(cells, D, B, W)`` (each k x R, float32) of ``cells``, by matrix products per m."""
+    """Replicate sums ``(cells, D, B, W)`` (each k x R, float32) of ``cells``, by matrix products per m.
+
+    Cells whose units all weigh 1 skip the W product (W* = m in every replicate).
+    """
     ud, ub, uw = units
     n_res = cache.n_res
+    unit_one = np.array([bool(np.all(uw[o] == 1)) for o in orders])
     for m in np.unique(m_cell[cells]):
-        these = cells[m_cell[cells] == m]
         counts = cache.counts(int(m))
-        step = max(1, _BLOCK // (3 * n_res))
-        for start in range(0, len(these), step):
-            chunk = these[start : start + step]
-            idx = np.stack([orders[c] for c in chunk], axis=0)  # k x m
-            x = np.concatenate([ud[idx], ub[idx], uw[idx]], axis=0)  # 3k x m
-            r = x @ counts.T  # 3k x R
-            k = len(chunk)
-            yield chunk, r[:k], r[k : 2 * k], r[2 * k :]
+        for ones in (True, False):
+            these = cells[(m_cell[cells] == m) & (unit_one[cells] == ones)]
+            step = max(1, _BLOCK // (3 * n_res))
+            for start in range(0, len(these), step):
+                chunk = these[start : start + step]
+                idx = np.stack([orders[c] for c in chunk], axis=0)  # k x m
+                k = len(chunk)
+                if ones:
+                    r = np.concatenate([ud[idx], ub[idx]], axis=0) @ counts.T  # 2k x R
+                    yield chunk, r[:k], r[k:], np.full((k, n_res), float(m), dtype=np.float32)
+                else:
+                    r = np.concatenate([ud[idx], ub[idx], uw[idx]], axis=0) @ counts.T  # 3k x R
+                    yield chunk, r[:k], r[k : 2 * k], r[2 * k :]
 
 
 def _stats(d: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,14 +198,19 @@ def bootstrap_cells(paired: Paired, spec: Bootstrap) -> GroupCI:
     units = paired.unit_sums()
     m_cell = paired.cells["n_units"].to_numpy()
     small, mult, values = _small_tuples(units, paired.unit_cell, n_cells)
+    unit_w = np.bincount(paired.unit_cell, weights=(units[2] != 1).astype(float), minlength=n_cells) == 0
     cache = _Counts(spec.seed, n_res)
     ci_d, ci_r = np.full((n_cells, 2), np.nan), np.full((n_cells, 2), np.nan)
     bad = False
 
-    def finish(chunk: np.ndarray, d: np.ndarray, b: np.ndarray, w: np.ndarray) -> bool:
-        # d, b, w: cells x replicates
+    def finish(chunk: np.ndarray, d: np.ndarray, b: np.ndarray, w: np.ndarray, counted: bool = False) -> bool:
+        # d, b, w: cells x replicates. ``counted``: d holds integers and w is the constant unit count.
         rd, rr = _stats(d, b, w)
-        ci_d[chunk] = intervals(rd, cs["diff"][chunk], spec, None if acc_d is None else acc_d[chunk])
+        if counted:
+            scale = w[:, 0].astype(np.float64)
+            ci_d[chunk] = intervals(d, cs["diff"][chunk], spec, None if acc_d is None else acc_d[chunk], scale)
+        else:
+            ci_d[chunk] = intervals(rd, cs["diff"][chunk], spec, None if acc_d is None else acc_d[chunk])
         ci_r[chunk] = intervals(rr, cs["rel_change"][chunk], spec, None if acc_r is None else acc_r[chunk])
         return _warn_nonfinite(rr, cs["rel_change"][chunk])
 
@@ -209,14 +222,24 @@ def bootstrap_cells(paired: Paired, spec: Bootstrap) -> GroupCI:
         # Per cell, its distinct values first (stable order), padded with zero multiplicities.
         order = np.argsort(~present, axis=1, kind="stable")[:, :kmax]
         mults = np.take_along_axis(mult[these], order, axis=1)
-        vals = values[:, order].astype(np.float32)  # 3 x cells x kmax
-        bounds = np.concatenate([np.zeros((len(these), 1), dtype=np.int64), np.cumsum(mults, axis=1)], axis=1)
-        step = max(1, _BLOCK // (n_res * (kmax + 1)))
+        vals = values[:, order]  # 3 x cells x kmax
+        ends = np.cumsum(mults, axis=1)  # block j covers running-sum columns (ends[j-1], ends[j]]
+        # sum_j v_j (P[e_j] - P[e_{j-1}]) = sum_j P[e_j] (v_j - v_{j+1}): one gather, no differences.
+        nxt = np.concatenate([vals[:, :, 1:], np.zeros((3, len(these), 1))], axis=2)
+        coef = (vals - nxt).astype(np.float32)
+        step = max(1, _BLOCK // (n_res * kmax))
         for start in range(0, len(these), step):
             sl = slice(start, start + step)
-            cnt = np.diff(prefix[bounds[sl]], axis=1)  # cells x kmax x R
-            sums = [np.einsum("ckr,ck->cr", cnt, vals[j][sl]) for j in range(3)]
-            bad |= finish(these[sl], *sums)
+            chunk = these[sl]
+            g = prefix[ends[sl]]  # cells x kmax x R
+            counted = bool(unit_w[chunk].all())
+            d = np.einsum("ckr,ck->cr", g, coef[0][sl])
+            b = np.einsum("ckr,ck->cr", g, coef[1][sl])
+            if counted:  # unit weights, one item per unit: W* = m and D* is an integer
+                w = np.full_like(d, float(m))
+            else:
+                w = np.einsum("ckr,ck->cr", g, coef[2][sl])
+            bad |= finish(chunk, d, b, w, counted=counted)
     rest = np.flatnonzero(~small)
     if len(rest):
         orders = [np.arange(a, b) for a, b in zip(paired.cells["ustart"], paired.cells["ustop"], strict=True)]
