@@ -102,6 +102,11 @@ class Summary(FrameResult):
             ]
             cols = [c for c in g.columns if c not in ("rel_change", "rel_change_lo", "rel_change_hi", "weighting")]
             lines.append(format_frame(g[cols], digits=3))
+        if len(self._groups):
+            lines.append(
+                "(bootstrap CIs resample items with the languages held fixed; for a claim about non-Latin languages "
+                "in general, with languages as the sampling unit, use mixed_effects)"
+            )
         for r in self._contrasts.itertuples(index=False):
             lines.append(
                 f"{r.quant}: non-Latin {r.non_latin:+.2f} % vs Latin {r.latin:+.2f} %; non-Latin - Latin = "
