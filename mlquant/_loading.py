@@ -107,6 +107,25 @@ def _folder_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def load_config(source: ModelSource) -> Any | None:
+    """The model's transformers config without loading weights, or None when it is not at hand cheaply.
+
+    Local folders and hub ids read ``config.json``; a GGUF file uses the config cached with its float weights
+    (reading the GGUF itself takes tens of seconds, so before the first load there is no cheap config).
+    """
+    from transformers import AutoConfig
+
+    try:
+        if source.gguf_file is None:
+            return AutoConfig.from_pretrained(source.path, revision=source.revision)
+        sha = source.file_sha256 or sha256_file(Path(source.path) / source.gguf_file)
+        cached = cache_dir() / "gguf-float" / sha[:32] / "model"
+        return AutoConfig.from_pretrained(cached) if (cached / "config.json").is_file() else None
+    except (OSError, ValueError) as exc:
+        log.info("no config for %s before loading (%s); group sizes are checked when quantizing", source.model_id, exc)
+        return None
+
+
 def _tokenizer_ok(tok: Any, reference: Any | None) -> bool:
     for text in CANARY_TEXTS:
         ids = tok(text)["input_ids"]

@@ -269,6 +269,24 @@ class Study:
             where = f"{path}, line {lines[key]}" if key in lines else str(path)
             raise ConfigError(f"{where}: {exc}") from exc
 
+    def check_model_config(self) -> None:
+        """Check every quant spec against the model's config (group sizes must divide the layers' input features)
+        without loading weights; called by :meth:`run` before any model is loaded.
+
+        Raises:
+            ConfigError: naming the spec, the group size and the config key it does not divide.
+        """
+        from mlquant._loading import load_config, resolve_source
+        from mlquant.quantize.checks import check_spec_against_config
+
+        grouped = [s for s in self.specs if s.group_size]
+        if not grouped or not isinstance(self.model, str):
+            return
+        config = load_config(resolve_source(self.model))
+        if config is not None:
+            for spec in grouped:
+                check_spec_against_config(spec, config)
+
     # ----- running --------------------------------------------------------------------------------------------------
     def _signature(self, cell: Cell, model_sig: str) -> str:
         from mlquant import __version__
@@ -289,6 +307,7 @@ class Study:
         """
         from mlquant._runner import Runner
 
+        self.check_model_config()
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
         (root / "study.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))

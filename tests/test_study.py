@@ -152,3 +152,15 @@ def test_flores_ppl_weights_by_bytes(tmp_path) -> None:
 
     assert df.score.tolist() == pytest.approx([2 / math.log(2)] * 3)
     assert (df.weight > 0).all() and not df.higher_is_better.any()
+
+
+def test_group_size_checked_against_config_before_loading(tmp_path, tiny_llama_dir, monkeypatch) -> None:
+    import mlquant.models as models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_pretrained", no_loading)
+    study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w4g48"], tasks=["xcopa"], languages=["tr"], limit=2)
+    with pytest.raises(ConfigError, match="group_size=48 does not divide hidden_size=64"):
+        study.run(tmp_path, progress=False)
