@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import mlquant as mq  # noqa: E402
+import mlquant as mq
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import mlquant as mq  # noqa: E402
-from mlquant.errors import BackendUnavailableError, ConfigError  # noqa: E402
-from mlquant.quantize import QuantSpec  # noqa: E402
+import mlquant as mq
+from mlquant.errors import BackendUnavailableError, ConfigError
+from mlquant.quantize import QuantSpec
 
 DATA = Path(os.environ.get("MLQUANT_DATA_DIR", "/work/shared/data"))
 needs_flores = pytest.mark.skipif(
@@ -234,7 +234,12 @@ def test_importing_the_quantizers_does_not_import_torch() -> None:
 @needs_flores
 def test_calibration_texts_are_deterministic_and_held_out() -> None:
     from mlquant.data import read_jsonl
-    from mlquant.quantize.calibration import CALIBRATION_IDS, calibration_texts, is_evaluation_id, report_texts
+    from mlquant.quantize.calibration import (
+        CALIBRATION_IDS,
+        calibration_texts,
+        is_evaluation_id,
+        report_texts,
+    )
 
     a = calibration_texts("flores:ja:16", seed=0)
     assert a == calibration_texts("flores:ja:16", seed=0)
@@ -322,7 +327,7 @@ def test_gptq_model_report_and_grid(tiny) -> None:
     assert report["bits_per_weight"].eq(4 + 16 / 32).all()
     assert report[["weight_rel_err", "output_rel_err", "local_output_rel_err", "seconds"]].notna().all().all()
     assert report.attrs["total_seconds"] > 0 and "flores200" in report.attrs["report_text"]
-    for name, lin in linears(q).items():
+    for lin in linears(q).values():
         groups = lin.weight.detach().reshape(lin.out_features, -1, 32)
         for row in groups[:4]:
             for grp in row:
@@ -583,7 +588,6 @@ def test_save_simulated_dequantizes_bnb(tiny, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from mlquant.quantize.export import save_quantized
-
     from mlquant.quantize.report import effective_weight
 
     q = mq.quantize(tiny, "bnb-nf4")

@@ -127,7 +127,7 @@ def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: 
     """Scale and zero point for ranges [lo, hi] (lo <= 0 <= hi), the same formulas as :func:`rtn.quant_params`."""
     import torch
 
-    qmin, qmax = int_grid(bits, symmetric)
+    _, qmax = int_grid(bits, symmetric)
     if symmetric:
         scale = torch.maximum(-lo, hi) / qmax
         zero = torch.zeros_like(scale)
@@ -188,7 +188,7 @@ def fake_quant_weight(w: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Dequantized weight for ``w`` under ``qp`` (integer grids only)."""
     import torch
 
-    rows, cols = w.shape
+    cols = w.shape[1]
     g_idx = qp.g_idx if qp.g_idx is not None else torch.arange(cols, device=w.device) // (qp.group_size or cols)
     return fake_quant_int(w.float(), qp.scale[:, g_idx], qp.zero[:, g_idx], qp.bits, qp.symmetric).to(w.dtype)
 

@@ -33,7 +33,7 @@ from mlquant.quantize._common import bits_per_weight, check_options
 if TYPE_CHECKING:
     from mlquant.models import HFModel
 
-__all__ = ["BnbQuantizer", "bnb_config", "INSTALL_HINT"]
+__all__ = ["INSTALL_HINT", "BnbQuantizer", "bnb_config"]
 
 log = logging.getLogger(__name__)
 

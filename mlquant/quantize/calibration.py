@@ -39,19 +39,19 @@ from typing import Any
 from mlquant.errors import ConfigError, DataError
 
 __all__ = [
-    "CalibrationSource",
+    "CALIBRATION_IDS",
     "DEFAULT_CALIBRATION",
     "EVAL_IDS",
-    "CALIBRATION_IDS",
     "REPORT_IDS",
     "REPORT_LANGUAGES",
+    "CalibrationSource",
+    "calibration_digest",
+    "calibration_texts",
+    "check_calibration",
+    "encode_texts",
     "is_evaluation_id",
     "parse_calibration",
-    "check_calibration",
-    "calibration_texts",
     "report_texts",
-    "encode_texts",
-    "calibration_digest",
 ]
 
 #: Calibration used by GPTQ / SmoothQuant when a spec gives none (its label then carries no ``@...``).

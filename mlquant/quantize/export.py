@@ -37,14 +37,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlquant.errors import BackendUnavailableError, ConfigError
-from mlquant.quantize._common import ACT_ATTR, QPARAMS_ATTR, SMOOTH_ATTR, QParams, fake_quant_weight, weight_params
+from mlquant.quantize._common import (
+    ACT_ATTR,
+    QPARAMS_ATTR,
+    SMOOTH_ATTR,
+    QParams,
+    fake_quant_weight,
+    weight_params,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from mlquant.models import HFModel
 
-__all__ = ["save_quantized", "FORMATS", "GPTQ_INSTALL", "CT_INSTALL", "LLMCOMPRESSOR_INSTALL", "unpack_gptq_layer"]
+__all__ = ["CT_INSTALL", "FORMATS", "GPTQ_INSTALL", "LLMCOMPRESSOR_INSTALL", "save_quantized", "unpack_gptq_layer"]
 
 FORMATS = ("auto", "simulated", "gptq", "compressed-tensors")
 GPTQ_INSTALL = "pip install 'mlquant[gptq]'  (GPTQModel >= 7.7; needs a CUDA build of torch >= 2.14.1)"
@@ -132,7 +139,7 @@ def _int_codes(w: torch.Tensor, qp: QParams) -> tuple[torch.Tensor, torch.Tensor
     """(unsigned codes [rows, cols], unsigned zero points [rows, groups], g_idx [cols]) for a GPTQ checkpoint."""
     import torch
 
-    rows, cols = w.shape
+    cols = w.shape[1]
     g = qp.group_size or cols
     g_idx = qp.g_idx if qp.g_idx is not None else torch.arange(cols, device=w.device) // g
     scale = qp.scale[:, g_idx]

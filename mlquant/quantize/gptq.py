@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
     from mlquant.models import HFModel
 
-__all__ = ["GPTQQuantizer", "gptq_solve", "run_gptq", "GPTQ_DEFAULTS"]
+__all__ = ["GPTQ_DEFAULTS", "GPTQQuantizer", "gptq_solve", "run_gptq"]
 
 log = logging.getLogger(__name__)
 
@@ -271,18 +271,22 @@ def run_gptq(
             fired: set[int] = set()
             current: dict[str, Any] = {}
 
-            def make_hook(module: Any) -> Callable[..., None]:
+            def make_hook(
+                module: Any, H: dict[int, Any], seen: set[int], fired: set[int], n_first: int, current: dict[str, Any]
+            ) -> Callable[..., None]:
                 def hook(mod: Any, args: tuple[Any, ...]) -> None:
                     x = args[0][current["mask"]].float()
                     H[id(module)].addmm_(x.T, x)
                     seen.add(id(module))
                     fired.add(id(module))
-                    if len(seen) == len(firsts):
+                    if len(seen) == n_first:
                         stop_forward()
 
                 return hook
 
-            handles = [m.register_forward_pre_hook(make_hook(m)) for m in firsts]
+            handles = [
+                m.register_forward_pre_hook(make_hook(m, H, seen, fired, len(firsts), current)) for m in firsts
+            ]
             try:
                 with torch.no_grad():
                     for batch in batches:
@@ -336,7 +340,6 @@ def run_gptq(
                     if after_linear is not None:
                         after_linear(m)
                     row += rows
-            del H
         # The quantized block's outputs feed the next block.
         with torch.no_grad():
             for batch in batches:

@@ -31,7 +31,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mlquant.quantize._common import QPARAMS_ATTR, SMOOTH_ATTR, bits_per_weight, make_batches
+from mlquant.quantize._common import (
+    QPARAMS_ATTR,
+    SMOOTH_ATTR,
+    bits_per_weight,
+    make_batches,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +44,7 @@ if TYPE_CHECKING:
 
     from mlquant.models import HFModel
 
-__all__ = ["build_report", "effective_weight", "reference_weight", "REPORT_COLUMNS"]
+__all__ = ["REPORT_COLUMNS", "build_report", "effective_weight", "reference_weight"]
 
 REPORT_COLUMNS = [
     "quant",

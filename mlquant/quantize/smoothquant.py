@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from mlquant.models import HFModel
 
-__all__ = ["W8A8Quantizer", "SmoothQuantQuantizer", "W8A8GPTQQuantizer", "smooth_model", "quantize_w8a8_weights"]
+__all__ = ["SmoothQuantQuantizer", "W8A8GPTQQuantizer", "W8A8Quantizer", "quantize_w8a8_weights", "smooth_model"]
 
 log = logging.getLogger(__name__)
 
