@@ -191,6 +191,16 @@ class HFModel:
         """A new HFModel sharing tokenizer and source, with other weights and spec (used by quantizers)."""
         return HFModel(torch_model, self.tokenizer, self.source, spec, batch_size=self.batch_size, max_length=self.max_length)
 
+    def save(self, path: str | Any, format: str = "auto") -> Any:
+        """Write this (quantized) model as a checkpoint the ecosystem loads (see :func:`mlquant.quantize.export.save_quantized`).
+
+        Example:
+            >>> mq.quantize(model, "gptq-w4g128").save("out/gemma-gptq")  # doctest: +SKIP
+        """
+        from mlquant.quantize.export import save_quantized
+
+        return save_quantized(self, path, format)
+
     def copy_torch_model(self) -> Any:
         """A deep copy of the torch model, for a quantizer to modify."""
         return copy.deepcopy(self.torch_model)

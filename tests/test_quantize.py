@@ -103,3 +103,10 @@ def test_rtn_apply_quantizes_copy_not_original(tiny_llama) -> None:
 
 def test_list_methods_has_rtn_and_baselines() -> None:
     assert {"rtn", "fp32", "bf16", "fp16"} <= set(mq.list_methods())
+
+
+def test_quantize_label_inherits_model_dtype(tiny_llama) -> None:
+    bf16 = quantize(tiny_llama, "bf16")
+    assert bf16.spec.label == "bf16" and bf16.spec.dtype == "bfloat16"
+    assert quantize(bf16, "rtn-w8").spec.dtype == "bfloat16"
+    assert quantize(tiny_llama, "fp32") is tiny_llama

@@ -272,6 +272,9 @@ def quantize(model: HFModel, spec: QuantSpec | str, **overrides: Any) -> HFModel
         'rtn-w4g128'
     """
     if isinstance(spec, str):
+        # A label inherits the model's compute dtype (a bf16 model quantized stays a bf16-compute model).
+        if spec not in BASELINES:
+            overrides = {"dtype": getattr(getattr(model, "spec", None), "dtype", "float32"), **overrides}
         spec = QuantSpec.parse(spec, **overrides)
     elif overrides:
         raise ConfigError("quantize(): overrides are only accepted with a label, not with a QuantSpec.")

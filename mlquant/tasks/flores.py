@@ -61,9 +61,16 @@ class FloresTask(Task):
         return [lang.code for lang in list_languages()]
 
     def load_items(self, lang: Language) -> list[Item]:
-        return [
-            Item(id=str(require(row, "id", (int, str))), data={"text": require(row, "text")}) for row in self.rows(lang)
-        ]
+        """Sentences with ids 1-812 only: ids 813-1012 are held out as calibration data for the quantizers
+        (:mod:`mlquant.quantize.calibration`), so no quantizer is calibrated on a sentence it is scored on."""
+        from mlquant.quantize.calibration import is_evaluation_id
+
+        items = []
+        for row in self.rows(lang):
+            sentence_id = require(row, "id", (int, str))
+            if is_evaluation_id(int(sentence_id)):
+                items.append(Item(id=str(sentence_id), data={"text": require(row, "text")}))
+        return items
 
 
 class FloresPPL(FloresTask):
