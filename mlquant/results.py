@@ -99,7 +99,10 @@ def write_quant_report(run_dir: str | os.PathLike[str], quant: str, report: pd.D
     """Store a per-layer quantization report beside the results."""
     path = Path(run_dir) / "quant" / f"{safe_name(quant)}.parquet"
     frame = report.copy()
-    frame.insert(0, "quant", quant)
+    if "quant" in frame.columns:
+        frame["quant"] = quant
+    else:
+        frame.insert(0, "quant", quant)
     _atomic_parquet(frame, path)
     return path
 

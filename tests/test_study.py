@@ -164,3 +164,12 @@ def test_group_size_checked_against_config_before_loading(tmp_path, tiny_llama_d
     study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w4g48"], tasks=["xcopa"], languages=["tr"], limit=2)
     with pytest.raises(ConfigError, match="group_size=48 does not divide hidden_size=64"):
         study.run(tmp_path, progress=False)
+
+
+def test_quantization_report_is_stored_and_readable(tmp_path, tiny_llama_dir) -> None:
+    study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w4g32"], tasks=["xcopa"], languages=["tr"], limit=2)
+    study.run(tmp_path, progress=False)
+    report = mq.read_results(tmp_path, what="quantization")
+    assert set(report.quant) == {"rtn-w4g32"}
+    assert {"layer", "weight_rel_err", "output_rel_err", "bits_per_weight"} <= set(report.columns)
+    assert (report.weight_rel_err > 0).all() and len(report) == 2 * 7  # 2 blocks x 7 Linears

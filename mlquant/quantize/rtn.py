@@ -117,8 +117,13 @@ class RTNQuantizer:
             raise ConfigError(f"rtn: unknown option {unknown[0]!r}; RTN takes none.")
 
     def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
+        import time
+
         import torch
 
+        from mlquant.quantize.report import build_report
+
+        start = time.perf_counter()
         self.validate(spec)
         torch_model = model.copy_torch_model()
         with torch.no_grad():
@@ -128,7 +133,9 @@ class RTNQuantizer:
                         f"rtn: group_size={spec.group_size} does not divide in_features={linear.in_features} of {name}."
                     )
                 linear.weight.copy_(fake_quantize(linear.weight, spec.w_bits or 8, spec.group_size, spec.symmetric))
-        return model.derive(torch_model, spec)
+        quantized = model.derive(torch_model, spec)
+        quantized.quant_report = build_report(model, quantized, seconds=time.perf_counter() - start)
+        return quantized
 
 
 register_quantizer(RTNQuantizer())
