@@ -70,13 +70,17 @@ def test_shared_context_runs_once_per_batch(tiny_llama) -> None:
 
 
 def test_is_greedy_matches_argmax(tiny_llama) -> None:
+    # Make "A" the argmax after "Hello" deterministically: every LM-head row 0 except A's, set to the last hidden state.
     ctx = "Hello"
-    ids = tiny_llama._encode(ctx)
+    ids = torch.tensor([tiny_llama._encode(ctx)])
+    a_id = tiny_llama.tokenizer("A", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
-        nxt = int(tiny_llama.torch_model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
-    greedy_text = tiny_llama.tokenizer.decode([nxt])
-    res = tiny_llama.loglikelihood([LoglikelihoodRequest(ctx, greedy_text)])
-    assert res[0].is_greedy
+        hidden = tiny_llama.torch_model.model(input_ids=ids).last_hidden_state[0, -1]
+        head = tiny_llama.torch_model.lm_head.weight
+        head.zero_()
+        head[a_id] = hidden
+    res = tiny_llama.loglikelihood([LoglikelihoodRequest(ctx, "A"), LoglikelihoodRequest(ctx, "B")])
+    assert res[0].is_greedy and not res[1].is_greedy
 
 
 def test_rolling_equals_full_sequence(tiny_gemma3) -> None:
