@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# One torch thread here too: on 2 shared cores, two OpenMP threads stall each other in small decode-step matmuls.
 demo: setup
-	$(BIN)/mlquant demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/mlquant demo
 
 # pytest exits 5 when no test ran: that is a failure, never a pass.
 # One torch thread: on 2 shared cores, OpenMP barriers in GPTQ's column loop made 2 threads up to 30x slower.
