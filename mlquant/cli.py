@@ -27,10 +27,10 @@ LIST_WHATS = ("tasks", "methods", "languages")
 DEMO_LANGUAGES = ("en", "fr", "de", "zh", "ja", "ru", "th", "sw")  # 5 scripts: Latn Hans Jpan Cyrl Thai
 #: Small limits keep the demo under 10 minutes on 2 CPU cores; generation (mgsm) costs the most per item.
 DEMO_TASKS: list[Any] = [
-    {"name": "xcopa", "limit": 16},
+    {"name": "xcopa", "limit": 12},
     {"name": "belebele", "limit": 8},
-    {"name": "mgsm", "shots": 1, "max_new_tokens": 64, "limit": 4, "languages": ["en", "ja", "ru", "th"]},
-    "flores_ppl",
+    {"name": "mgsm", "shots": 1, "max_new_tokens": 48, "limit": 4, "languages": ["en", "ja", "ru", "th"]},
+    {"name": "flores_ppl", "limit": 10},
 ]
 DEMO_NOTE = (
     "Note: the demo model is Gemma 3 270M from a 4-bit Q4_K_M GGUF file, dequantized to float. Its 'fp32' baseline "
