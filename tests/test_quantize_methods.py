@@ -36,16 +36,9 @@ def _data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ----- a tiny model -----------------------------------------------------------------------------------------------
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import byte_tokenizer  # the shared byte-level tokenizer (<bos>=256, <eos>=257, <pad>=258)
 
-    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
-    for special in ("<bos>", "<eos>", "<pad>"):
-        vocab[special] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    return byte_tokenizer()
 
 
 def tiny_llama(seed: int = 0):
