@@ -99,7 +99,7 @@ class Runner:
             cells = [c for c in self.study.cells if c.quant == spec]
             todo = []
             for cell in cells:
-                path = cell_path(self.root, spec.label, cell.task.name, cell.lang.code)
+                path = cell_path(self.root, spec.label, cell.task_label, cell.lang.code)
                 sig = self.study._signature(cell, model_sig)
                 if path.is_file() and _stored_signature(path) == sig:
                     self.stats.cells_skipped += 1
@@ -128,7 +128,7 @@ class Runner:
     def _run_cell(self, cell: Cell, path: Path, sig: str, model: CachedModel) -> None:
         from tqdm.auto import tqdm
 
-        items = cell.task.items(cell.lang, limit=self.study.limit_for(cell.task), seed=self.study.seed)
+        items = cell.task.items(cell.lang, limit=self.study.limit_for(cell), seed=self.study.seed)
         rows: list[dict[str, Any]] = []
         bar = tqdm(total=len(items), desc=cell.describe(), disable=not self.progress, leave=False)
         try:
@@ -179,7 +179,7 @@ def _row(cell: Cell, item: Any, scored: Any, sig: str, model_sig: str) -> dict[s
         "method": spec.method,
         "backend": spec.backend,
         "calibration": spec.calibration or "",
-        "task": task.name,
+        "task": cell.task_label,
         "task_version": task.version,
         "kind": task.kind,
         "metric": task.metric,

@@ -102,21 +102,35 @@ def report(
     run_dir: Path = typer.Argument(..., help="a run directory"),
     html: Optional[Path] = typer.Option(None, help="also write a static HTML report here"),
     baseline: Optional[str] = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
+    cosine: bool = typer.Option(False, help="add the embedding cosine of generated outputs (needs mlquant[embed])"),
 ) -> None:
-    """Print the language x task x method table of a run, with the statistics summary."""
+    """Print the language x task x method table of a run, similarity to the baseline, and the statistics summary."""
     import mlquant as mq
-    from mlquant.report import format_table, relative_change_table, score_table, write_html
+    from mlquant.report import corpus_table, format_table, relative_change_table, score_table, similarity_table
+    from mlquant.report import write_html
 
     try:
         frame = mq.read_results(run_dir)
+        base = baseline or mq.report.default_baseline(frame)
         typer.echo("Scores (weighted mean per cell):")
         typer.echo(format_table(score_table(frame), 4))
         typer.echo("\nRelative change 100*(q-b)/b, paired by item:")
-        typer.echo(format_table(relative_change_table(frame, baseline)))
+        typer.echo(format_table(relative_change_table(frame, base)))
+        similar = similarity_table(frame, base, cosine=cosine)
+        if len(similar):
+            typer.echo("\nSimilarity to the baseline's outputs, same items (flip_rate, c2w = correct->wrong, "
+                       "w2c = wrong->correct: % of items; chrf 0-100, rouge_l 0-1 between the two outputs):")
+            typer.echo(format_table(similar))
+        corpus = corpus_table(frame)
+        if len(corpus):
+            typer.echo("\nTranslation, corpus level (sacrebleu):")
+            typer.echo(format_table(corpus[["n", "chrf++", "spbleu"]]))
+            for col in ("chrf++_signature", "spbleu_signature"):
+                typer.echo(f"  {col}: {'; '.join(sorted(set(corpus[col])))}")
         typer.echo("")
-        typer.echo(str(mq.stats.summary(frame, baseline=baseline or mq.report.default_baseline(frame))))
+        typer.echo(str(mq.stats.summary(frame, baseline=base)))
         if html is not None:
-            typer.echo(f"HTML report: {write_html(frame, html, baseline)}")
+            typer.echo(f"HTML report: {write_html(frame, html, base, cosine=cosine)}")
     except MlquantError as exc:
         _fail(exc)
 

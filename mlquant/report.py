@@ -8,14 +8,24 @@ Example:
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from mlquant.results import aggregate
 
-__all__ = ["score_table", "relative_change_table", "format_table", "write_html", "default_baseline"]
+__all__ = [
+    "score_table",
+    "relative_change_table",
+    "similarity_table",
+    "corpus_table",
+    "format_table",
+    "write_html",
+    "default_baseline",
+]
 
 
 def default_baseline(frame: pd.DataFrame) -> str:
@@ -54,13 +64,111 @@ def relative_change_table(frame: pd.DataFrame, baseline: str | None = None) -> p
     return table[order]
 
 
+def _binary_tasks(frame: pd.DataFrame) -> list[str]:
+    """Tasks whose every scored item is 0 or 1 (choice tasks, MGSM exact match): the ones where a flip is defined."""
+    scored = frame[frame["score"].notna()]
+    is01 = scored["score"].isin([0.0, 1.0]).groupby(scored["task"]).all()
+    return sorted(is01[is01].index)
+
+
+def similarity_table(
+    frame: pd.DataFrame, baseline: str | None = None, *, cosine: bool = False, embedder: Any = None
+) -> pd.DataFrame:
+    """How far each quantized model's answers moved from the baseline's, on the same items (Kurtic et al. 2024).
+
+    Per (task, lang) row and quant: on tasks scored 0/1 (choice tasks, MGSM) the flip rate in % with its two
+    directions (Dutta et al. 2024); on generation tasks the mean chrF (0-100) and ROUGE-L F1 (0-1) between the
+    quantized and the baseline output of each item, and with ``cosine=True`` the mean embedding cosine
+    (:func:`mlquant.similarity.default_embedder` unless ``embedder`` is given). A column is NaN where it does
+    not apply. The KL divergence of next-token distributions needs both models: see
+    :func:`mlquant.similarity.flores_kl`.
+
+    Example:
+        >>> df = pd.DataFrame({"quant": ["fp32", "fp32", "w4", "w4"], "task": "xcopa", "lang": "tr",
+        ...                    "item_id": ["1", "2", "1", "2"], "score": [1.0, 0.0, 0.0, 0.0], "kind": "choice",
+        ...                    "output": ""})
+        >>> similarity_table(df)["flip_rate"].tolist()
+        [50.0]
+    """
+    from mlquant import similarity
+
+    baseline = baseline or default_baseline(frame)
+    parts = []
+    binary = _binary_tasks(frame)
+    if binary:
+        flips = similarity.flip_rate(frame, baseline, kinds=None, tasks=binary)
+        flips = flips.assign(flip_rate=100 * flips["flip_rate"],
+                             c2w=100 * flips["correct_to_wrong"] / flips["n"],
+                             w2c=100 * flips["wrong_to_correct"] / flips["n"])
+        parts.append(flips[["quant", "task", "lang", "n", "flip_rate", "c2w", "w2c"]])
+    generated = frame[frame["kind"] == "generate"]
+    if len(generated) and (generated["quant"] != baseline).any():
+        metrics = ("chrf", "rouge_l", "cosine") if cosine else ("chrf", "rouge_l")
+        sim = similarity.output_similarity(generated, baseline, metrics=metrics, embedder=embedder)
+        sim = sim.groupby(["quant", "task", "lang"], sort=False)[list(metrics)].agg(["mean", "size"])
+        means = sim.xs("mean", axis=1, level=1)
+        means["n"] = sim[(metrics[0], "size")]
+        parts.append(means.reset_index())
+    if not parts:
+        return pd.DataFrame()
+    long = pd.concat(parts, ignore_index=True)
+    value_cols = [c for c in ("n", "flip_rate", "c2w", "w2c", "chrf", "rouge_l", "cosine") if c in long.columns]
+    # MGSM is in both parts (0/1 scores and generated text): one row per cell, the first non-NaN of each column.
+    table = long.groupby(["task", "lang", "quant"], sort=True)[value_cols].first()
+    table["n"] = table["n"].astype(int)
+    return table
+
+
+def corpus_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Corpus-level chrF++ and spBLEU of every translation cell (sacrebleu), with their signatures.
+
+    Translation rows are those whose ``extra`` holds a ``chrf++_signature`` (the ``flores`` task, any label). The
+    references are the rows' ``target``s, the hypotheses their ``extracted`` outputs, the target language the
+    cell's language (``en-xx``) or English (``xx-en``). spBLEU needs sacrebleu's flores200 SentencePiece model; where
+    it cannot run its column is NaN and ``spbleu_signature`` says why.
+
+    Returns:
+        One row per (task, lang, quant): ``n``, ``chrf++``, ``spbleu``, ``chrf++_signature``, ``spbleu_signature``.
+    """
+    from mlquant.errors import BackendUnavailableError
+    from mlquant.tasks.flores import corpus_scores, flores200_status
+
+    extra = frame["extra"].fillna("{}").map(json.loads) if "extra" in frame.columns else pd.Series(dtype=object)
+    is_mt = extra.map(lambda e: isinstance(e, dict) and "chrf++_signature" in e) if len(extra) else extra
+    rows = []
+    reason = flores200_status()
+    mt = frame[is_mt.astype(bool)] if len(extra) else frame.iloc[:0]
+    directions = extra[is_mt.astype(bool)].map(lambda e: e.get("direction", "en-xx")) if len(extra) else extra
+    for (task, lang, quant), cell in mt.assign(_dir=directions).groupby(["task", "lang", "quant"], sort=True):
+        target_lang = "en" if (cell["_dir"] == "xx-en").all() else lang
+        hyps, refs = cell["extracted"].fillna("").tolist(), cell["target"].fillna("").tolist()
+        try:
+            scores = corpus_scores(hyps, refs, target_lang) if reason is None else None
+        except BackendUnavailableError as exc:
+            reason, scores = str(exc), None
+        if scores is None:
+            import sacrebleu
+
+            chrf = sacrebleu.CHRF(word_order=2)
+            scores = {"chrf++": float(chrf.corpus_score(hyps, [refs]).score), "chrf++_signature": str(chrf.get_signature()),
+                      "spbleu": float("nan"), "spbleu_signature": f"not computed: {reason}"}
+        rows.append({"task": task, "lang": lang, "quant": quant, "n": len(cell), "chrf++": scores["chrf++"],
+                     "spbleu": scores["spbleu"], "chrf++_signature": scores["chrf++_signature"],
+                     "spbleu_signature": scores["spbleu_signature"]})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["task", "lang", "quant"])
+
+
 def format_table(table: pd.DataFrame, digits: int = 2) -> str:
     """A fixed-width text rendering of a table (for the terminal and the demo)."""
     return table.round(digits).to_string(na_rep="-")
 
 
-def write_html(frame: pd.DataFrame, path: str | os.PathLike[str], baseline: str | None = None) -> Path:
-    """Write a static HTML page with the score table, the relative-change table and the statistics summary."""
+def write_html(
+    frame: pd.DataFrame, path: str | os.PathLike[str], baseline: str | None = None, *, cosine: bool = False
+) -> Path:
+    """Write a static HTML page: scores, relative change, similarity to the baseline, corpus MT scores, statistics."""
     from mlquant import stats
 
     baseline = baseline or default_baseline(frame)
@@ -75,6 +183,14 @@ def write_html(frame: pd.DataFrame, path: str | os.PathLike[str], baseline: str 
         "<h2>Relative change, 100·(q−b)/b, paired by item</h2>",
         relative_change_table(frame, baseline).round(2).to_html(na_rep="-"),
     ]
+    similar = similarity_table(frame, baseline, cosine=cosine)
+    if len(similar):
+        parts += ["<h2>Similarity to the baseline's outputs, same items</h2>",
+                  "<p>flip_rate, c2w (correct→wrong), w2c (wrong→correct): % of items; chrF 0–100 and ROUGE-L 0–1 "
+                  "between the quantized and the baseline output.</p>", similar.round(2).to_html(na_rep="-")]
+    corpus = corpus_table(frame)
+    if len(corpus):
+        parts += ["<h2>Translation, corpus level (sacrebleu)</h2>", corpus.round(2).to_html(na_rep="-")]
     summary = stats.summary(frame, baseline=baseline)
     parts += ["<h2>Statistics</h2>", f"<pre>{html.escape(str(summary))}</pre>", "</body></html>"]
     out = Path(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 STUDY_KEYS = {
     "model": "model name, hub id, folder or .gguf file (default gemma3-270m)",
     "quant": "list of quant labels or mappings {label: ..., <field or option>: value or list of values}",
-    "tasks": "list of task names or mappings {name: ..., languages: [...], <option>: value}",
+    "tasks": "list of task names or mappings {name: ..., label: ..., languages: [...], limit: n, <option>: value}",
     "languages": "list of ISO 639-1 codes, or 'all'",
     "limit": "items per cell (a seeded sample), or null for all",
     "seed": "seed of the item sample and of sampling decoders",
@@ -51,14 +52,23 @@ STUDY_KEYS = {
 
 @dataclass(frozen=True)
 class Cell:
-    """One (quant, task, language) of a study."""
+    """One (quant, task, language) of a study.
+
+    ``label`` names the task in the results (the ``task`` column and the cell's file); it is the task's name unless
+    the study gave the entry a ``label`` (needed when one task appears twice, e.g. FLORES in both directions).
+    """
 
     quant: QuantSpec
     task: Task
     lang: Language
+    label: str = ""
+
+    @property
+    def task_label(self) -> str:
+        return self.label or self.task.name
 
     def describe(self) -> str:
-        return f"{self.quant.label} | {self.task.name} | {self.lang.code}"
+        return f"{self.quant.label} | {self.task_label} | {self.lang.code}"
 
 
 @dataclass
@@ -101,11 +111,15 @@ def _expand_quant(entry: Any, where: str) -> list[QuantSpec]:
     raise ConfigError(f"{where}: expected a quant label or a mapping with 'label', got {entry!r}.")
 
 
-def _build_task(entry: Any, where: str) -> tuple[Task, list[str] | None, int | None]:
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+
+
+def _build_task(entry: Any, where: str) -> tuple[Task, list[str] | None, int | None, str]:
+    """(task, explicit languages, limit, label) of one ``tasks`` entry."""
     if isinstance(entry, Task):
-        return entry, None, None
+        return entry, None, None, entry.name
     if isinstance(entry, str):
-        return get_task(entry), None, None
+        return get_task(entry), None, None, entry
     if isinstance(entry, Mapping):
         opts = dict(entry)
         name = opts.pop("name", None)
@@ -113,10 +127,15 @@ def _build_task(entry: Any, where: str) -> tuple[Task, list[str] | None, int | N
             raise ConfigError(f"{where}: missing key 'name' (e.g. name: mgsm).")
         langs = opts.pop("languages", None)
         limit = opts.pop("limit", None)
+        label = opts.pop("label", None)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ConfigError(f"{where}: limit={limit!r}; expected a positive integer.")
+        if label is not None and (not isinstance(label, str) or not _LABEL_RE.match(label)):
+            raise ConfigError(
+                f"{where}: label={label!r}; expected letters, digits and _ . : + - (e.g. label: flores-xx-en)."
+            )
         try:
-            return get_task(str(name), **opts), langs, limit
+            return get_task(str(name), **opts), langs, limit, label or str(name)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
     raise ConfigError(f"{where}: expected a task name or a mapping with 'name', got {entry!r}.")
@@ -175,7 +194,17 @@ class Study:
                 raise ConfigError("study: quantized cells need a transformers model (HFModel), not a scripted model.")
         self.languages = self._parse_languages(languages)
         self.task_limits: dict[str, int] = {}
-        self.cells = self._plan([_build_task(t, f"tasks[{i}]") for i, t in enumerate(tasks)])
+        built = [_build_task(t, f"tasks[{i}]") for i, t in enumerate(tasks)]
+        labels_seen: dict[str, int] = {}
+        for i, (_, _, _, label) in enumerate(built):
+            if label in labels_seen:
+                raise ConfigError(
+                    f"tasks[{i}]: task {label!r} is already tasks[{labels_seen[label]}]; give each entry its own "
+                    "'label' (e.g. {name: flores, direction: xx-en, label: flores-xx-en}) so that their results "
+                    "do not share a name."
+                )
+            labels_seen[label] = i
+        self.cells = self._plan(built)
         self.last_run = RunStats()
 
     # ----- planning -----------------------------------------------------------------------------------------------
@@ -187,11 +216,11 @@ class Study:
             languages = [languages]
         return [get_language(code) for code in languages]
 
-    def _plan(self, tasks: Iterable[tuple[Task, list[str] | None, int | None]]) -> list[Cell]:
+    def _plan(self, tasks: Iterable[tuple[Task, list[str] | None, int | None, str]]) -> list[Cell]:
         cells: list[Cell] = []
-        for task, explicit, limit in tasks:
+        for task, explicit, limit, label in tasks:
             if limit is not None:
-                self.task_limits[task.signature()] = limit
+                self.task_limits[label] = limit
             if explicit is not None:
                 langs = [task.check_language(code) for code in explicit]
             else:
@@ -208,12 +237,13 @@ class Study:
                         f"study: task {task.name!r} has none of the languages "
                         f"{[lang.code for lang in wanted]}; it has: {', '.join(sorted(have))}."
                     )
-            cells += [Cell(spec, task, lang) for spec in self.specs for lang in langs]
+            custom = "" if label == task.name else label
+            cells += [Cell(spec, task, lang, custom) for spec in self.specs for lang in langs]
         return cells
 
-    def limit_for(self, task: Task) -> int | None:
-        """Items per cell of ``task``: its own ``limit`` if the study gave one, else the study's."""
-        return self.task_limits.get(task.signature(), self.limit)
+    def limit_for(self, cell: Cell) -> int | None:
+        """Items per cell: the task entry's own ``limit`` if the study gave one, else the study's."""
+        return self.task_limits.get(cell.task_label, self.limit)
 
     @property
     def baseline(self) -> QuantSpec:
@@ -223,9 +253,11 @@ class Study:
         """The resolved study (written to ``study.yaml`` in the run directory)."""
         tasks: dict[str, dict[str, Any]] = {}
         for cell in self.cells:
+            label = {"label": cell.task_label} if cell.label else {}
             entry = tasks.setdefault(
-                cell.task.signature(),
-                {"name": cell.task.name, **cell.task.options(), "limit": self.limit_for(cell.task), "languages": []},
+                cell.task_label,
+                {"name": cell.task.name, **label, **cell.task.options(), "limit": self.limit_for(cell),
+                 "languages": []},
             )
             if cell.lang.code not in entry["languages"]:
                 entry["languages"].append(cell.lang.code)
@@ -291,10 +323,11 @@ class Study:
     def _signature(self, cell: Cell, model_sig: str) -> str:
         from mlquant import __version__
 
+        label = f"|label:{cell.label}" if cell.label else ""  # only custom labels, so older run folders stay valid
         return (
             f"mlquant:{__version__}|{model_sig}|quant:{cell.quant.label}|backend:{cell.quant.backend}"
-            f"|calib:{cell.quant.calibration or 'none'}|task:{cell.task.signature()}|lang:{cell.lang.code}"
-            f"|limit:{self.limit_for(cell.task)}|seed:{self.seed}|{_versions()}"
+            f"|calib:{cell.quant.calibration or 'none'}|task:{cell.task.signature()}{label}|lang:{cell.lang.code}"
+            f"|limit:{self.limit_for(cell)}|seed:{self.seed}|{_versions()}"
         )
 
     def run(self, run_dir: str | os.PathLike[str], *, progress: bool = True, chunk_items: int = 32) -> pd.DataFrame:

@@ -40,6 +40,8 @@ def test_run_and_report(tmp_path, tiny_llama_dir) -> None:
     report = runner.invoke(app, ["report", str(out), "--html", str(tmp_path / "r.html")])
     assert report.exit_code == 0, report.output
     assert "xcopa" in report.output and (tmp_path / "r.html").read_text().startswith("<!doctype html>")
+    assert "Similarity to the baseline's outputs" in report.output and "flip_rate" in report.output
+    assert "flip_rate" in (tmp_path / "r.html").read_text()
 
 
 def test_run_bad_study_file_is_a_clear_error(tmp_path) -> None:

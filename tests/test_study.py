@@ -145,6 +145,26 @@ def test_task_limit_overrides_study_limit(tmp_path) -> None:
     assert df.groupby("task").size().to_dict() == {"flores_ppl": 5, "xcopa": 3}
 
 
+def test_one_task_twice_needs_labels_and_keeps_both(tmp_path) -> None:
+    model = FakeModel(generate=lambda ctx: "Bonjour.")
+    entries = [{"name": "flores", "direction": "en-xx", "limit": 2}, {"name": "flores", "direction": "xx-en", "limit": 3}]
+    with pytest.raises(ConfigError, match=r"tasks\[1\]: task 'flores' is already tasks\[0\]; give each entry its own 'label'"):
+        mq.Study(model, quant=["fp32"], tasks=entries, languages=["fr"])
+    with pytest.raises(ConfigError, match=r"tasks\[0\]: label='a b'"):
+        mq.Study(model, quant=["fp32"], tasks=[{"name": "xcopa", "label": "a b"}], languages=["tr"])
+    entries[1]["label"] = "flores-xx-en"
+    study = mq.Study(model, quant=["fp32"], tasks=entries, languages=["fr"])
+    df = study.run(tmp_path, progress=False)
+    assert df.groupby("task").size().to_dict() == {"flores": 2, "flores-xx-en": 3}
+    assert cell_path(tmp_path, "fp32", "flores-xx-en", "fr").is_file()
+    assert set(df[df.task == "flores-xx-en"].extra.map(lambda e: __import__("json").loads(e)["direction"])) == {"xx-en"}
+    resolved = [t.get("label") for t in study.to_dict()["tasks"]]
+    assert resolved == [None, "flores-xx-en"]
+    again = mq.Study(model, quant=["fp32"], tasks=entries, languages=["fr"])
+    again.run(tmp_path, progress=False)
+    assert again.last_run.cells_skipped == 2 and again.last_run.cells_computed == 0
+
+
 def test_flores_ppl_weights_by_bytes(tmp_path) -> None:
     model = FakeModel(rolling=lambda text: -2.0 * len(text.encode()))  # 2 nats per byte
     df = mq.Study(model, quant=["fp32"], tasks=["flores_ppl"], languages=["ja"], limit=3).run(tmp_path, progress=False)
