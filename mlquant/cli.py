@@ -121,16 +121,69 @@ def report(
             typer.echo("\nSimilarity to the baseline's outputs, same items (flip_rate, c2w = correct->wrong, "
                        "w2c = wrong->correct: % of items; chrf 0-100, rouge_l 0-1 between the two outputs):")
             typer.echo(format_table(similar))
+        judged = mq.read_results(run_dir, what="judged")
+        if len(judged):
+            from mlquant.tasks.judge import win_rates
+
+            typer.echo("\nPairwise judge, quantized vs baseline, both orders (win_rate = win + tie/2):")
+            typer.echo(format_table(win_rates(judged, by=("judge", "quant", "task", "lang")).set_index(
+                ["judge", "quant", "task", "lang"]), 3))
         corpus = corpus_table(frame)
         if len(corpus):
             typer.echo("\nTranslation, corpus level (sacrebleu):")
             typer.echo(format_table(corpus[["n", "chrf++", "spbleu"]]))
             for col in ("chrf++_signature", "spbleu_signature"):
                 typer.echo(f"  {col}: {'; '.join(sorted(set(corpus[col])))}")
-        typer.echo("")
-        typer.echo(str(mq.stats.summary(frame, baseline=base)))
+        if len(relative_change_table(frame, base)):
+            typer.echo("")
+            typer.echo(str(mq.stats.summary(mq.report.scored_rows(frame), baseline=base)))
         if html is not None:
             typer.echo(f"HTML report: {write_html(frame, html, base, cosine=cosine)}")
+    except MlquantError as exc:
+        _fail(exc)
+
+
+@app.command()
+def judge(
+    run_dir: Path = typer.Argument(..., help="a run directory with open-ended outputs"),
+    model: str = typer.Option(..., "--judge", help="judge: a model name/path (local), or the model name at --url"),
+    url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint of the judge (e.g. http://host:8000/v1)"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key"),
+    baseline: Optional[str] = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
+    task: list[str] = typer.Option(["open_ended"], help="generation task(s) to judge (task labels of the run)"),
+    max_new_tokens: int = typer.Option(512, help="budget of each verdict"),
+) -> None:
+    """Judge every quantized model's open-ended answers against the baseline's, in both orders.
+
+    Verdicts are cached in the run's cache.sqlite (keyed by the judge) and written to judged/<judge>.parquet;
+    ``mlquant report`` shows their win rates.
+    """
+    import mlquant as mq
+    from mlquant.cache import CachedModel, RequestCache
+    from mlquant.report import format_table
+    from mlquant.results import write_judged
+    from mlquant.tasks.judge import OpenAIChatModel, judge_results, win_rates
+
+    try:
+        frame = mq.read_results(run_dir)
+        base = baseline or mq.report.default_baseline(frame)
+        missing = sorted(set(task) - set(frame["task"]))
+        if missing:
+            raise mq.ConfigError(f"judge: task(s) {missing} are not in {run_dir}; it has {sorted(set(frame['task']))}.")
+        if url is not None:
+            judge_model: Any = OpenAIChatModel(url, model, api_key_env)
+        else:
+            judge_model = mq.load_model(model)
+        cache = RequestCache(Path(run_dir) / "cache.sqlite")
+        try:
+            cached = CachedModel(judge_model, cache)
+            judged = judge_results(frame, cached, base, tasks=task, max_new_tokens=max_new_tokens)
+        finally:
+            cache.close()
+        judged.insert(0, "judge", getattr(judge_model, "name", model))
+        path = write_judged(run_dir, str(judged["judge"].iloc[0]), judged)
+        typer.echo(f"verdicts: {cached.computed} computed, {cached.hits} from cache -> {path}")
+        typer.echo(format_table(win_rates(judged).set_index(["quant", "task", "lang"]), 3))
     except MlquantError as exc:
         _fail(exc)
 

@@ -23,6 +23,7 @@ __all__ = [
     "similarity_table",
     "corpus_table",
     "format_table",
+    "scored_rows",
     "write_html",
     "default_baseline",
 ]
@@ -37,6 +38,11 @@ def default_baseline(frame: pd.DataFrame) -> str:
     from mlquant.errors import ConfigError
 
     raise ConfigError(f"no baseline (fp32, bf16 or fp16) among the quant labels {sorted(present)}.")
+
+
+def scored_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a score (open-ended generations have none until they are judged)."""
+    return frame[frame["score"].notna()]
 
 
 def score_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +62,9 @@ def relative_change_table(frame: pd.DataFrame, baseline: str | None = None) -> p
     from mlquant import stats
 
     baseline = baseline or default_baseline(frame)
+    frame = scored_rows(frame)
+    if frame.empty or not (frame["quant"] != baseline).any() or not (frame["quant"] == baseline).any():
+        return pd.DataFrame()
     rc = stats.relative_change(frame, baseline=baseline).to_frame()
     metric = frame.drop_duplicates("task").set_index("task")["metric"]
     rc = rc.assign(metric=rc["task"].map(metric))
@@ -162,6 +171,8 @@ def corpus_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame, digits: int = 2) -> str:
     """A fixed-width text rendering of a table (for the terminal and the demo)."""
+    if table.empty:
+        return "(nothing to show: no scored item of a quantized cell pairs with the baseline)"
     return table.round(digits).to_string(na_rep="-")
 
 
@@ -191,8 +202,10 @@ def write_html(
     corpus = corpus_table(frame)
     if len(corpus):
         parts += ["<h2>Translation, corpus level (sacrebleu)</h2>", corpus.round(2).to_html(na_rep="-")]
-    summary = stats.summary(frame, baseline=baseline)
-    parts += ["<h2>Statistics</h2>", f"<pre>{html.escape(str(summary))}</pre>", "</body></html>"]
+    if len(relative_change_table(frame, baseline)):
+        summary = stats.summary(scored_rows(frame), baseline=baseline)
+        parts += ["<h2>Statistics</h2>", f"<pre>{html.escape(str(summary))}</pre>"]
+    parts.append("</body></html>")
     out = Path(path)
     out.write_text("\n".join(parts), encoding="utf-8")
     return out

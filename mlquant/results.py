@@ -24,7 +24,7 @@ import pandas as pd
 
 from mlquant.errors import DataError
 
-__all__ = ["COLUMNS", "read_results", "write_cell", "cell_path", "safe_name", "aggregate"]
+__all__ = ["COLUMNS", "read_results", "write_cell", "write_judged", "cell_path", "safe_name", "aggregate"]
 
 #: Columns of the tidy results table, in order.
 COLUMNS: tuple[str, ...] = (
@@ -107,15 +107,23 @@ def write_quant_report(run_dir: str | os.PathLike[str], quant: str, report: pd.D
     return path
 
 
+def write_judged(run_dir: str | os.PathLike[str], judge: str, judged: pd.DataFrame) -> Path:
+    """Store the pairwise verdicts of one judge beside the results (``judged/<judge>.parquet``, atomically)."""
+    path = Path(run_dir) / "judged" / f"{safe_name(judge)}.parquet"
+    _atomic_parquet(judged, path)
+    return path
+
+
 def read_results(
-    run_dir: str | os.PathLike[str], what: Literal["items", "quantization"] = "items"
+    run_dir: str | os.PathLike[str], what: Literal["items", "quantization", "judged"] = "items"
 ) -> pd.DataFrame:
     """Load a run directory.
 
     Args:
         run_dir: the folder given to ``Study.run``.
         what: ``items`` for the per-item results (one row per item x quant), ``quantization`` for the per-layer
-            quantization reports of every quantized model.
+            quantization reports of every quantized model, ``judged`` for the pairwise verdicts of ``mlquant judge``
+            (empty frames when there are none).
 
     Raises:
         DataError: the folder has no results.
@@ -128,10 +136,13 @@ def read_results(
     root = Path(run_dir)
     if not root.is_dir():
         raise DataError(f"read_results: {root} is not a folder.")
-    sub = "cells" if what == "items" else "quant"
+    subs = {"items": "cells", "quantization": "quant", "judged": "judged"}
+    if what not in subs:
+        raise DataError(f"read_results: what={what!r}; expected one of {sorted(subs)}.")
+    sub = subs[what]
     files = sorted((root / sub).rglob("*.parquet")) if (root / sub).is_dir() else []
     if not files:
-        if what == "quantization":
+        if what != "items":
             return pd.DataFrame()
         raise DataError(f"read_results: no finished cells under {root / 'cells'}.")
     frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

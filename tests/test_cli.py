@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
+import mlquant as mq
 from mlquant.cli import app
 
 runner = CliRunner()
@@ -49,3 +50,29 @@ def test_run_bad_study_file_is_a_clear_error(tmp_path) -> None:
     study.write_text("model: x/y\nquant: [fp32]\ntasks: [xcopo]\n")
     result = runner.invoke(app, ["run", str(study)])
     assert result.exit_code == 2 and "unknown task 'xcopo'" in result.output and "Did you mean 'xcopa'" in result.output
+
+
+def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny_llama_dir) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"model: {tiny_llama_dir}\nquant: [fp32, rtn-w4g32]\n"
+        "tasks: [{name: open_ended, subsets: [aya], max_new_tokens: 4, languages: [zh], limit: 2}]\n"
+    )
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(study), "--out", str(out), "--quiet"]).exit_code == 0
+    bad = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--task", "xcopa"])
+    assert bad.exit_code == 2 and "not in" in bad.output and "open_ended" in bad.output
+    first = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--max-new-tokens", "3"])
+    assert first.exit_code == 0, first.output
+    import re
+
+    computed, hits = map(int, re.search(r"verdicts: (\d+) computed, (\d+) from cache", first.output).groups())
+    assert computed >= 1 and computed + hits == 4  # 2 items x 2 orders (identical prompts are asked once)
+    judged = mq.read_results(out, what="judged")
+    assert len(judged) == 2 and set(judged["outcome"]) <= {"win", "tie", "loss"}
+    assert set(judged.columns) >= {"judge", "quant", "task", "lang", "item_id", "verdict_ab", "verdict_ba"}
+    again = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--max-new-tokens", "3"])
+    assert "verdicts: 0 computed, 4 from cache" in again.output, again.output
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert "Pairwise judge" in report.output and "win_rate" in report.output
