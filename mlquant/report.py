@@ -29,8 +29,19 @@ __all__ = [
 ]
 
 
+def _as_frame(results: Any) -> pd.DataFrame:
+    """The tidy frame of a DataFrame or a :class:`mlquant.Results`."""
+    frame = getattr(results, "frame", results)
+    if not isinstance(frame, pd.DataFrame):
+        from mlquant.errors import ConfigError
+
+        raise ConfigError(f"expected a results DataFrame or mlquant.Results, got {type(results).__name__}.")
+    return frame
+
+
 def default_baseline(frame: pd.DataFrame) -> str:
     """The baseline label of a results frame: fp32, else bf16, else fp16."""
+    frame = _as_frame(frame)
     present = set(frame["quant"].unique())
     for label in ("fp32", "bf16", "fp16"):
         if label in present:
@@ -42,11 +53,13 @@ def default_baseline(frame: pd.DataFrame) -> str:
 
 def scored_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows with a score (open-ended generations have none until they are judged)."""
+    frame = _as_frame(frame)
     return frame[frame["score"].notna()]
 
 
 def score_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Aggregate score per (task, metric, lang) row and quant column."""
+    frame = _as_frame(frame)
     agg = aggregate(frame, by=("task", "metric", "lang", "quant"))
     table = agg.pivot_table(index=["task", "metric", "lang"], columns="quant", values="score")
     order = [q for q in dict.fromkeys(frame["quant"]) if q in table.columns]
@@ -61,6 +74,7 @@ def relative_change_table(frame: pd.DataFrame, baseline: str | None = None) -> p
     """
     from mlquant import stats
 
+    frame = _as_frame(frame)
     baseline = baseline or default_baseline(frame)
     frame = scored_rows(frame)
     if frame.empty or not (frame["quant"] != baseline).any() or not (frame["quant"] == baseline).any():
@@ -101,6 +115,7 @@ def similarity_table(
     """
     from mlquant import similarity
 
+    frame = _as_frame(frame)
     baseline = baseline or default_baseline(frame)
     parts = []
     binary = _binary_tasks(frame)
@@ -142,6 +157,7 @@ def corpus_table(frame: pd.DataFrame) -> pd.DataFrame:
     from mlquant.errors import BackendUnavailableError
     from mlquant.tasks.flores import corpus_scores, flores200_status
 
+    frame = _as_frame(frame)
     extra = frame["extra"].fillna("{}").map(json.loads) if "extra" in frame.columns else pd.Series(dtype=object)
     is_mt = extra.map(lambda e: isinstance(e, dict) and "chrf++_signature" in e) if len(extra) else extra
     rows = []
@@ -182,6 +198,7 @@ def write_html(
     """Write a static HTML page: scores, relative change, similarity to the baseline, corpus MT scores, statistics."""
     from mlquant import stats
 
+    frame = _as_frame(frame)
     baseline = baseline or default_baseline(frame)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>mlquant report</title>",

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -24,7 +25,16 @@ import pandas as pd
 
 from mlquant.errors import DataError
 
-__all__ = ["COLUMNS", "read_results", "write_cell", "write_judged", "cell_path", "safe_name", "aggregate"]
+__all__ = [
+    "COLUMNS",
+    "Results",
+    "read_results",
+    "write_cell",
+    "write_judged",
+    "cell_path",
+    "safe_name",
+    "aggregate",
+]
 
 #: Columns of the tidy results table, in order.
 COLUMNS: tuple[str, ...] = (
@@ -163,3 +173,78 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang")
     out = (g["_sw"].sum() / g["weight"].sum()).rename("score").to_frame()
     out["n"] = g.size()
     return out.reset_index()
+
+
+class Results:
+    """The per-item results of a run, read once, with the item pairing of the statistics computed once.
+
+    Every function of :mod:`mlquant.stats` accepts a ``Results`` as well as a tidy DataFrame. On a DataFrame each
+    call pairs every quantized item with its baseline item again (about half a second for 1.6 M rows); on a
+    ``Results`` the pairing is made on the first call per baseline and reused. Treat :attr:`frame` as read-only:
+    to change rows, build a new ``Results`` from the changed frame.
+
+    Args:
+        frame: the tidy per-item frame (one row per item x quant, :data:`COLUMNS`).
+        run_dir: the run folder it came from, if any.
+
+    Example:
+        >>> res = Results(pd.DataFrame({"quant": ["fp32", "w4"], "task": "t", "lang": "en", "item_id": "1",
+        ...                             "score": [1.0, 0.0]}))
+        >>> len(res), res.quants
+        (2, ['fp32', 'w4'])
+        >>> res.paired("fp32") is res.paired("fp32")
+        True
+    """
+
+    def __init__(self, frame: pd.DataFrame, run_dir: str | os.PathLike[str] | None = None) -> None:
+        if not isinstance(frame, pd.DataFrame):
+            raise DataError(f"Results: expected a pandas DataFrame, got {type(frame).__name__}.")
+        self._frame = frame
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._pairings: dict[str, Any] = {}
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike[str]) -> Results:
+        """The finished cells of a run folder (see :func:`read_results`)."""
+        return cls(read_results(run_dir), run_dir)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The tidy per-item frame."""
+        return self._frame
+
+    @property
+    def quants(self) -> list[str]:
+        """The quant labels, in order of appearance."""
+        return [str(q) for q in dict.fromkeys(self._frame["quant"])]
+
+    def paired(self, baseline: str = "fp32") -> Any:
+        """The items of every quantized cell paired with its baseline items (:func:`mlquant.stats.pair`), cached."""
+        if baseline not in self._pairings:
+            from mlquant.stats import pair
+
+            self._pairings[baseline] = pair(self._frame, baseline)
+        return self._pairings[baseline]
+
+    def quantization(self) -> pd.DataFrame:
+        """The per-layer quantization reports of the run (empty without a run folder)."""
+        return read_results(self.run_dir, what="quantization") if self.run_dir is not None else pd.DataFrame()
+
+    def judged(self) -> pd.DataFrame:
+        """The verdicts of ``mlquant judge`` stored in the run (empty without a run folder)."""
+        return read_results(self.run_dir, what="judged") if self.run_dir is not None else pd.DataFrame()
+
+    def aggregate(self, by: Sequence[str] = ("quant", "task", "lang")) -> pd.DataFrame:
+        """Weighted mean score per group (:func:`aggregate`)."""
+        return aggregate(self._frame, by)
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def __repr__(self) -> str:
+        cells = self._frame.groupby(["quant", "task", "lang"]).ngroups if len(self._frame) else 0
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir is not None else ""
+        return f"Results({len(self._frame)} rows, {cells} cells, quants={self.quants}{where})"
+
+    def _repr_html_(self) -> str:
+        return f"<p>{html.escape(repr(self))}</p>" + self.aggregate().to_html(max_rows=60)

@@ -6,8 +6,10 @@ cell is one Parquet file; answered requests are in an SQLite cache keyed by the 
 quantization); re-running a finished study loads no model and runs no forward pass.
 
 Example:
-    >>> import mlquant as mq  # doctest: +SKIP
+    >>> import mlquant as mq
     >>> study = mq.Study("gemma3-270m", quant=["fp32", "rtn-w4"], tasks=["xcopa"], languages=["tr", "zh"], limit=20)
+    >>> len(study.cells)  # 2 quants x 2 languages; nothing is loaded yet
+    4
     >>> df = study.run("runs/example")  # doctest: +SKIP
 """
 

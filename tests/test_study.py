@@ -193,3 +193,29 @@ def test_quantization_report_is_stored_and_readable(tmp_path, tiny_llama_dir) ->
     assert set(report.quant) == {"rtn-w4g32"}
     assert {"layer", "weight_rel_err", "output_rel_err", "bits_per_weight"} <= set(report.columns)
     assert (report.weight_rel_err > 0).all() and len(report) == 2 * 7  # 2 blocks x 7 Linears
+
+
+def test_results_object_reads_a_run_and_pairs_once(tmp_path, monkeypatch) -> None:
+    model = FakeModel(loglikelihood=choice_by_length)
+    mq.Study(model, quant=["fp32"], tasks=["xcopa"], languages=["tr", "zh"], limit=4).run(tmp_path, progress=False)
+    res = mq.Results.read(tmp_path)
+    frame = mq.read_results(tmp_path)
+    pd.testing.assert_frame_equal(res.frame, frame)
+    assert res.quants == ["fp32"] and len(res) == 8 and "8 rows, 2 cells" in repr(res)
+    assert res.quantization().empty and res.judged().empty
+    # A second "quant" made from the baseline rows, with one answer flipped.
+    other = frame.assign(quant="w4")
+    other.loc[0, "score"] = 1.0 - other.loc[0, "score"]
+    res = mq.Results(pd.concat([frame, other], ignore_index=True))
+    import mlquant.stats
+
+    real_pair, calls = mlquant.stats.pair, []
+    monkeypatch.setattr(mlquant.stats, "pair", lambda *a, **k: calls.append(a[1:]) or real_pair(*a, **k))
+    first = mq.stats.relative_change(res, baseline="fp32").to_frame()
+    assert mq.stats.mcnemar(res, baseline="fp32").to_frame()["n"].sum() == 8
+    assert res.paired("fp32") is res.paired("fp32")
+    assert calls == [("fp32",)]  # paired once for three uses
+    pd.testing.assert_frame_equal(first, mq.stats.relative_change(res.frame, baseline="fp32").to_frame())
+    from mlquant.report import relative_change_table
+
+    assert relative_change_table(res, "fp32").shape == (2, 1)

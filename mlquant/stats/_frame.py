@@ -239,6 +239,9 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
                 f"pass baseline={results.baseline!r} or pair them again."
             )
         return results
+    cached = getattr(results, "paired", None)
+    if callable(cached) and isinstance(getattr(results, "frame", None), pd.DataFrame):  # mlquant.Results: pair once
+        return cached(baseline)
     frame = as_frame(results)
     _check_columns(frame)
     if len(frame) == 0:
