@@ -219,3 +219,26 @@ def test_results_object_reads_a_run_and_pairs_once(tmp_path, monkeypatch) -> Non
     from mlquant.report import relative_change_table
 
     assert relative_change_table(res, "fp32").shape == (2, 1)
+
+
+def test_resolved_study_yaml_loads_back_to_the_same_cells(tmp_path) -> None:
+    study = mq.Study(
+        "gemma3-270m",
+        quant=["fp32", "rtn-w4g128", {"label": "rtn-w4g128", "symmetric": False}, "bnb-nf4", "w8a8",
+               {"label": "gptq-w4g128", "calibration": ["flores:ja:16", "flores:mixed:16"], "damp": 0.05}],
+        tasks=[{"name": "confusion", "subsets": ["monolingual/aya"], "languages": ["zh"], "limit": 2},
+               {"name": "flores", "direction": "xx-en", "label": "fx", "languages": ["ja"]}, "xcopa"],
+        languages=["ja", "zh"],
+        limit=3,
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(__import__("yaml").safe_dump(study.to_dict(), sort_keys=False, allow_unicode=True))
+    again = mq.Study.from_yaml(path)
+    assert [s.fingerprint() for s in again.specs] == [s.fingerprint() for s in study.specs]
+    assert [s.label for s in again.specs] == [s.label for s in study.specs]
+    assert [again._signature(c, "m") for c in again.cells] == [study._signature(c, "m") for c in study.cells]
+    # A resolved spec whose label disagrees with its fields is refused, naming both.
+    text = path.read_text().replace("label: rtn-w4g128-asym", "label: rtn-w8", 1)
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"label 'rtn-w8' does not match its fields, which give 'rtn-w4g128-asym'"):
+        mq.Study.from_yaml(path)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import mlquant as mq
 from mlquant.errors import ConfigError, DataError
 from mlquant.languages import get_language
 from mlquant.models import FakeModel
@@ -757,3 +758,16 @@ def test_mgsm_extraction_on_real_gemma_outputs() -> None:
         item = Item(id=entry["item_id"], data={"question": entry["question"], "answer_number": entry["answer_number"]})
         score = task.score(item, lang, [entry["output"]])
         assert score.extracted == (got or "") and score.score == float(got == str(entry["answer_number"]))
+
+
+def test_detector_given_as_a_description_string() -> None:
+    from mlquant.tasks._lid import FastTextDetector, LinguaDetector, default_detector, detector_from_string
+
+    assert detector_from_string("lingua:benchmark:0.3") is default_detector()
+    custom = detector_from_string("lingua:ja+zh:0.5:low")
+    assert isinstance(custom, LinguaDetector) and custom.describe() == "lingua:ja+zh:0.5:low"
+    assert isinstance(detector_from_string("fasttext:/models/lid.176.bin:0.4"), FastTextDetector)
+    task = mq.get_task("confusion", detector="lingua:ja+zh:0.5")
+    assert "detector=lingua:ja+zh:0.5" in task.signature()
+    with pytest.raises(ConfigError, match="detector='langid'"):
+        mq.get_task("confusion", detector="langid")

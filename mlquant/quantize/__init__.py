@@ -141,9 +141,20 @@ class QuantSpec:
         if label is None:
             raise ConfigError(f"{where}: missing key 'label' (e.g. label: gptq-w4g128).")
         try:
-            return cls.parse(str(label), **data)
+            if "method" not in data:
+                return cls.parse(str(label), **data)
+            # The resolved form written by to_dict (study.yaml of a run): every field spelled out.
+            unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise ConfigError(f"unknown key {unknown[0]!r} next to 'method'; expected {sorted(cls.__dataclass_fields__)}.")
+            spec = cls(**data)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        if spec.label != label:
+            raise ConfigError(f"{where}: label {label!r} does not match its fields, which give {spec.label!r}.")
+        return spec
 
     # ----- identity -------------------------------------------------------------------------------------------------
     @property
@@ -185,6 +196,7 @@ class QuantSpec:
             "backend": self.backend,
             "dtype": self.dtype,
             "options": opts,
+            **({"name": self.name} if self.name else {}),
         }
 
     def fingerprint(self) -> str:

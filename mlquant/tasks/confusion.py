@@ -59,6 +59,7 @@ from mlquant.tasks._lid import (
     _describe_detector,
     _detect_fn,
     default_detector,  # noqa: F401  (re-exported: the task's default detector)
+    detector_from_string,
 )
 
 if TYPE_CHECKING:
@@ -345,6 +346,8 @@ class LanguageConfusion(Task):
             raise ConfigError(f"confusion: top_p={top_p!r}; expected a number in (0, 1].")
         if source is not None and str(source).startswith("hub:"):
             raise ConfigError("confusion: the benchmark is not on the Hugging Face hub; give a data folder as source.")
+        if isinstance(detector, str):  # a description, e.g. from a study file: "lingua:benchmark:0.3"
+            detector = detector_from_string(detector)
         _detect_fn(detector)  # validates
         self.template = template
         self.max_new_tokens = max_new_tokens
