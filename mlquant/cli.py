@@ -116,10 +116,11 @@ def report(
         typer.echo(format_table(score_table(frame), 4))
         typer.echo("\nRelative change 100*(q-b)/b, paired by item:")
         typer.echo(format_table(relative_change_table(frame, base)))
-        similar = similarity_table(frame, base, cosine=cosine)
+        similar = similarity_table(frame, base, cosine=cosine, kl=mq.read_results(run_dir, what="kl"))
         if len(similar):
             typer.echo("\nSimilarity to the baseline's outputs, same items (flip_rate, c2w = correct->wrong, "
-                       "w2c = wrong->correct: % of items; chrf 0-100, rouge_l 0-1 between the two outputs):")
+                       "w2c = wrong->correct: % of items; chrf 0-100, rouge_l 0-1 between the two outputs; "
+                       "kl: nats/token, from mlquant kl):")
             typer.echo(format_table(similar))
         judged = mq.read_results(run_dir, what="judged")
         if len(judged):
@@ -186,6 +187,29 @@ def judge(
         typer.echo(format_table(win_rates(judged).set_index(["quant", "task", "lang"]), 3))
     except MlquantError as exc:
         _fail(exc)
+
+
+@app.command()
+def kl(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    lang: list[str] = typer.Option([], help="languages (default: the study's flores_ppl languages)"),
+    limit: Optional[int] = typer.Option(None, help="sentences per language (default: the study's flores_ppl limit)"),
+    quant: list[str] = typer.Option([], help="quantized models (default: all of the study)"),
+) -> None:
+    """KL(baseline || quantized) of next-token distributions on FLORES sentences, per sentence, for every quant.
+
+    The models are rebuilt from the run's study.yaml; results go to kl/<quant>.parquet and into ``mlquant report``.
+    """
+    from mlquant.similarity import run_kl
+
+    try:
+        values = run_kl(run_dir, langs=lang or None, limit=limit, quants=quant or None)
+    except MlquantError as exc:
+        _fail(exc)
+        return
+    table = values.groupby(["quant", "lang"], sort=False)["kl"].agg(["mean", "median", "max", "size"])
+    typer.echo("KL(baseline || quantized), nats per token, mean over sentences:")
+    typer.echo(table.round(5).to_string())
 
 
 @app.command()

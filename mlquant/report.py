@@ -95,7 +95,12 @@ def _binary_tasks(frame: pd.DataFrame) -> list[str]:
 
 
 def similarity_table(
-    frame: pd.DataFrame, baseline: str | None = None, *, cosine: bool = False, embedder: Any = None
+    frame: pd.DataFrame,
+    baseline: str | None = None,
+    *,
+    cosine: bool = False,
+    embedder: Any = None,
+    kl: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """How far each quantized model's answers moved from the baseline's, on the same items (Kurtic et al. 2024).
 
@@ -103,8 +108,8 @@ def similarity_table(
     directions (Dutta et al. 2024); on generation tasks the mean chrF (0-100) and ROUGE-L F1 (0-1) between the
     quantized and the baseline output of each item, and with ``cosine=True`` the mean embedding cosine
     (:func:`mlquant.similarity.default_embedder` unless ``embedder`` is given). A column is NaN where it does
-    not apply. The KL divergence of next-token distributions needs both models: see
-    :func:`mlquant.similarity.flores_kl`.
+    not apply. ``kl`` (the per-sentence frame of :func:`mlquant.similarity.run_kl`, ``mlquant kl``) adds the mean
+    KL(baseline || quantized) of next-token distributions in nats per token, on the flores_ppl rows.
 
     Example:
         >>> df = pd.DataFrame({"quant": ["fp32", "fp32", "w4", "w4"], "task": "xcopa", "lang": "tr",
@@ -133,10 +138,13 @@ def similarity_table(
         means = sim.xs("mean", axis=1, level=1)
         means["n"] = sim[(metrics[0], "size")]
         parts.append(means.reset_index())
+    if kl is not None and len(kl):
+        mean_kl = kl.groupby(["quant", "task", "lang"], sort=False)["kl"].agg(["mean", "size"]).reset_index()
+        parts.append(mean_kl.rename(columns={"mean": "kl", "size": "n"}))
     if not parts:
         return pd.DataFrame()
     long = pd.concat(parts, ignore_index=True)
-    value_cols = [c for c in ("n", "flip_rate", "c2w", "w2c", "chrf", "rouge_l", "cosine") if c in long.columns]
+    value_cols = [c for c in ("n", "flip_rate", "c2w", "w2c", "chrf", "rouge_l", "cosine", "kl") if c in long.columns]
     # MGSM is in both parts (0/1 scores and generated text): one row per cell, the first non-NaN of each column.
     table = long.groupby(["task", "lang", "quant"], sort=True)[value_cols].first()
     table["n"] = table["n"].astype(int)

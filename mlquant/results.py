@@ -31,6 +31,7 @@ __all__ = [
     "read_results",
     "write_cell",
     "write_judged",
+    "write_table",
     "cell_path",
     "safe_name",
     "aggregate",
@@ -119,21 +120,27 @@ def write_quant_report(run_dir: str | os.PathLike[str], quant: str, report: pd.D
 
 def write_judged(run_dir: str | os.PathLike[str], judge: str, judged: pd.DataFrame) -> Path:
     """Store the pairwise verdicts of one judge beside the results (``judged/<judge>.parquet``, atomically)."""
-    path = Path(run_dir) / "judged" / f"{safe_name(judge)}.parquet"
-    _atomic_parquet(judged, path)
+    return write_table(Path(run_dir) / "judged" / f"{safe_name(judge)}.parquet", judged)
+
+
+def write_table(path: str | os.PathLike[str], frame: pd.DataFrame) -> Path:
+    """Write a frame as Parquet atomically (a reader never sees a half-written file); the file's name is made safe."""
+    path = Path(path)
+    path = path.parent / safe_name(path.name)
+    _atomic_parquet(frame, path)
     return path
 
 
 def read_results(
-    run_dir: str | os.PathLike[str], what: Literal["items", "quantization", "judged"] = "items"
+    run_dir: str | os.PathLike[str], what: Literal["items", "quantization", "judged", "kl"] = "items"
 ) -> pd.DataFrame:
     """Load a run directory.
 
     Args:
         run_dir: the folder given to ``Study.run``.
         what: ``items`` for the per-item results (one row per item x quant), ``quantization`` for the per-layer
-            quantization reports of every quantized model, ``judged`` for the pairwise verdicts of ``mlquant judge``
-            (empty frames when there are none).
+            quantization reports of every quantized model, ``judged`` for the pairwise verdicts of ``mlquant judge``,
+            ``kl`` for the per-sentence KL divergences of ``mlquant kl`` (empty frames when there are none).
 
     Raises:
         DataError: the folder has no results.
@@ -146,7 +153,7 @@ def read_results(
     root = Path(run_dir)
     if not root.is_dir():
         raise DataError(f"read_results: {root} is not a folder.")
-    subs = {"items": "cells", "quantization": "quant", "judged": "judged"}
+    subs = {"items": "cells", "quantization": "quant", "judged": "judged", "kl": "kl"}
     if what not in subs:
         raise DataError(f"read_results: what={what!r}; expected one of {sorted(subs)}.")
     sub = subs[what]

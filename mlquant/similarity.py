@@ -53,6 +53,7 @@ __all__ = [
     "flip_rate",
     "kl_divergence",
     "flores_kl",
+    "run_kl",
 ]
 
 log = logging.getLogger(__name__)
@@ -385,3 +386,83 @@ def flores_kl(
     return pd.DataFrame({"quant": label, "task": "flores_ppl", "lang": lang,
                          "item_id": [it.id for it in items], "kl": values})
 
+
+
+def run_kl(
+    run_dir: str | Any,
+    *,
+    langs: Sequence[str] | None = None,
+    limit: int | None = None,
+    quants: Sequence[str] | None = None,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """:func:`flores_kl` for every quantized model of a finished run against its baseline, stored in the run.
+
+    The models are rebuilt from the run's ``study.yaml`` (the baseline once, then each quantized model in turn,
+    quantized exactly as in the study). The sentences are the study's ``flores_ppl`` items (its languages, limit
+    and seed) unless ``langs`` / ``limit`` are given. Each quant's per-sentence values are written to
+    ``kl/<quant>.parquet`` when it is done; a quant whose file already holds the same sentences is not recomputed.
+
+    Returns:
+        One row per (quant, lang, sentence): ``quant``, ``task``, ``lang``, ``item_id``, ``kl`` (nats per token).
+
+    Raises:
+        ConfigError: the run has no study.yaml, or no languages are given and the study has no flores_ppl cell.
+
+    Example:
+        >>> kl = run_kl("runs/demo", langs=["ja", "th"], limit=20)  # doctest: +SKIP
+        >>> kl.groupby(["quant", "lang"]).kl.mean()  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from mlquant._runner import Runner
+    from mlquant.results import read_results, write_table
+    from mlquant.study import Study
+
+    root = Path(run_dir)
+    if not (root / "study.yaml").is_file():
+        raise ConfigError(f"run_kl: {root} has no study.yaml; give the folder of a study run.")
+    study = Study.from_yaml(root / "study.yaml")
+    ppl_cells = [c for c in study.cells if c.task.name == "flores_ppl"]
+    if langs is None:
+        langs = list(dict.fromkeys(c.lang.code for c in ppl_cells))
+        if not langs:
+            raise ConfigError("run_kl: the study has no flores_ppl cell; name the languages (langs=[...]).")
+    if limit is None:
+        limit = study.limit_for(ppl_cells[0]) if ppl_cells else study.limit
+    labels = [s.label for s in study.specs if not s.is_baseline]
+    unknown = sorted(set(quants or []) - set(labels))
+    if unknown:
+        raise ConfigError(f"run_kl: quant {unknown[0]!r} is not in the study; it has {labels}.")
+    todo = [s for s in study.specs if not s.is_baseline and (quants is None or s.label in quants)]
+    done = read_results(root, what="kl")
+    runner = Runner(study, root, progress=False, chunk_items=32)
+    parts = []
+    try:
+        base = None
+        for spec in todo:
+            have = done[done["quant"] == spec.label] if len(done) else done
+            wanted = {(lang, limit, study.seed) for lang in langs}
+            if len(have) and {tuple(x) for x in have[["lang", "limit", "seed"]].drop_duplicates().values} >= wanted:
+                parts.append(have[have["lang"].isin(list(langs))])
+                continue
+            if base is None:
+                base = runner._model_for(study.baseline)
+                base.batch_size = batch_size
+            model = runner._model_for(spec)
+            frame = pd.concat(
+                [flores_kl(base, model, lang, limit=limit, seed=study.seed, batch_size=batch_size, quant=spec.label)
+                 for lang in langs],
+                ignore_index=True,
+            ).assign(limit=limit, seed=study.seed)
+            write_table(root / "kl" / f"{spec.label}.parquet", frame)
+            parts.append(frame)
+            runner._release()
+            log.info("run_kl: %s done (%d sentences)", spec.label, len(frame))
+    finally:
+        runner.close()
+    if not parts:
+        return pd.DataFrame(columns=["quant", "task", "lang", "item_id", "kl", "limit", "seed"])
+    return pd.concat(parts, ignore_index=True)

@@ -76,3 +76,32 @@ def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny
     report = runner.invoke(app, ["report", str(out)])
     assert report.exit_code == 0, report.output
     assert "Pairwise judge" in report.output and "win_rate" in report.output
+
+
+def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_llama_dir, monkeypatch) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"model: {tiny_llama_dir}\nquant: [fp32, rtn-w8, rtn-w4g32]\n"
+        "tasks: [{name: flores_ppl, languages: [ja, de], limit: 3}]\n"
+    )
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(study), "--out", str(out), "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["kl", str(out)])
+    assert result.exit_code == 0, result.output
+    kl = mq.read_results(out, what="kl")
+    assert len(kl) == 2 * 2 * 3 and set(kl["lang"]) == {"ja", "de"} and (kl["limit"] == 3).all()
+    mean = kl.groupby("quant")["kl"].mean()
+    assert 0 < mean["rtn-w8"] < mean["rtn-w4g32"]  # 4-bit moves the distributions more than 8-bit
+    # Same sentences as the study's cells.
+    cells = mq.read_results(out)
+    assert set(kl["item_id"]) == set(cells["item_id"])
+    # A second call recomputes nothing.
+    import mlquant.similarity as sim
+
+    monkeypatch.setattr(sim, "flores_kl", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = runner.invoke(app, ["kl", str(out)])
+    assert again.exit_code == 0, again.output
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0 and "kl" in report.output
+    bad = runner.invoke(app, ["kl", str(out), "--quant", "rtn-w3"])
+    assert bad.exit_code == 2 and "rtn-w3" in bad.output
