@@ -220,7 +220,7 @@ def demo(
 ) -> None:
     """Gemma 3 270M: fp32 vs rtn-w8, rtn-w4, rtn-w4g128 on xcopa, belebele, mgsm, flores_ppl in 8 languages."""
     import mlquant as mq
-    from mlquant.report import format_table, relative_change_table
+    from mlquant.report import format_table, relative_change_table, similarity_table
 
     started = time.time()
     typer.echo(DEMO_NOTE)
@@ -240,6 +240,11 @@ def demo(
         return
     typer.echo("\nRelative change 100*(q-b)/b vs fp32, paired by item (bits_per_byte: positive = worse):")
     typer.echo(format_table(relative_change_table(frame, "fp32")))
+    similar = similarity_table(frame, "fp32").reset_index()
+    cols = [c for c in ("flip_rate", "chrf") if c in similar.columns]
+    typer.echo("\nSimilarity to fp32's answers, mean over languages (flip_rate: % of items whose correctness "
+               "changed; chrf: 0-100 between the generated texts, 100 = identical):")
+    typer.echo(format_table(similar.groupby(["task", "quant"])[cols].mean().unstack("quant"), 1))
     s = study.last_run
     typer.echo(
         f"\n{len(frame)} item results in {out} ({s.cells_computed} cells computed, {s.cells_skipped} already there); "
