@@ -52,14 +52,19 @@ def test_run_bad_study_file_is_a_clear_error(tmp_path) -> None:
     assert result.exit_code == 2 and "unknown task 'xcopo'" in result.output and "Did you mean 'xcopa'" in result.output
 
 
-def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny_llama_dir) -> None:
+def _run_study(tmp_path, model_dir, quant: str, task: str):
+    """Write a one-task study file for ``model_dir``, run it with the CLI, return the run folder."""
     study = tmp_path / "s.yaml"
-    study.write_text(
-        f"model: {tiny_llama_dir}\nquant: [fp32, rtn-w4g32]\n"
-        "tasks: [{name: open_ended, subsets: [aya], max_new_tokens: 4, languages: [zh], limit: 2}]\n"
-    )
+    study.write_text(f"model: {model_dir}\nquant: [{quant}]\ntasks: [{task}]\n")
     out = tmp_path / "run"
-    assert runner.invoke(app, ["run", str(study), "--out", str(out), "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["run", str(study), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny_llama_dir) -> None:
+    task = "{name: open_ended, subsets: [aya], max_new_tokens: 4, languages: [zh], limit: 2}"
+    out = _run_study(tmp_path, tiny_llama_dir, "fp32, rtn-w4g32", task)
     bad = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--task", "xcopa"])
     assert bad.exit_code == 2 and "not in" in bad.output and "open_ended" in bad.output
     first = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--max-new-tokens", "3"])
@@ -79,13 +84,7 @@ def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny
 
 
 def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_llama_dir, monkeypatch) -> None:
-    study = tmp_path / "s.yaml"
-    study.write_text(
-        f"model: {tiny_llama_dir}\nquant: [fp32, rtn-w8, rtn-w4g32]\n"
-        "tasks: [{name: flores_ppl, languages: [ja, de], limit: 3}]\n"
-    )
-    out = tmp_path / "run"
-    assert runner.invoke(app, ["run", str(study), "--out", str(out), "--quiet"]).exit_code == 0
+    out = _run_study(tmp_path, tiny_llama_dir, "fp32, rtn-w8, rtn-w4g32", "{name: flores_ppl, languages: [ja, de], limit: 3}")
     result = runner.invoke(app, ["kl", str(out)])
     assert result.exit_code == 0, result.output
     kl = mq.read_results(out, what="kl")
