@@ -82,7 +82,8 @@ def relative_change_table(frame: pd.DataFrame, baseline: str | None = None) -> p
     rc = stats.relative_change(frame, baseline=baseline).to_frame()
     metric = frame.drop_duplicates("task").set_index("task")["metric"]
     rc = rc.assign(metric=rc["task"].map(metric))
-    table = rc.pivot_table(index=["task", "metric", "lang"], columns="quant", values="rel_change")
+    # pivot, not pivot_table: a cell whose relative change is undefined (baseline 0) stays in the table as NaN.
+    table = rc.pivot(index=["task", "metric", "lang"], columns="quant", values="rel_change")
     order = [q for q in dict.fromkeys(frame["quant"]) if q in table.columns and q != baseline]
     return table[order]
 

@@ -168,7 +168,9 @@ def read_results(
 
 
 def aggregate(frame: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang")) -> pd.DataFrame:
-    """Weighted mean score per group (``sum(score * weight) / sum(weight)``) and the item count.
+    """Weighted mean score per group (``sum(score * weight) / sum(weight)``) and the count of scored items.
+
+    Rows without a score (open-ended generations before judging) are left out; a group with none scores NaN.
 
     Example:
         >>> df = pd.DataFrame({"quant": ["a", "a"], "task": ["t", "t"], "lang": ["en", "en"],
@@ -176,9 +178,11 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang")
         >>> aggregate(df).score.tolist()
         [0.25]
     """
-    g = frame.assign(_sw=frame["score"] * frame["weight"]).groupby(list(by), sort=True)
-    out = (g["_sw"].sum() / g["weight"].sum()).rename("score").to_frame()
-    out["n"] = g.size()
+    scored = frame["score"].notna()
+    weight = frame["weight"].where(scored)
+    g = frame.assign(_sw=frame["score"] * weight, _w=weight).groupby(list(by), sort=True)
+    out = (g["_sw"].sum(min_count=1) / g["_w"].sum(min_count=1)).rename("score").to_frame()
+    out["n"] = g["score"].count()
     return out.reset_index()
 
 

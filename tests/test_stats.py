@@ -378,9 +378,9 @@ def test_summary_has_cells_groups_contrast_and_text() -> None:
 
 @pytest.mark.filterwarnings("ignore:some bootstrap resamples")
 def test_summary_without_language_metadata_notes_skipped_groupings() -> None:
-    df = two_cells([1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]).assign(lang="xx")
+    df = two_cells([1.0, 0.0, 1.0, 1.0] * 3, [1.0, 0.0, 0.0, 1.0] * 3).assign(lang="xx")
     s = stats.summary(df, n_resamples=200)
-    assert any("skipped" in n for n in s.notes)
+    assert any("skipped" in n for n in s.notes), s.notes
     assert len(s.to_frame()) == 1
 
 
@@ -396,3 +396,19 @@ def test_mixed_effects_result_api() -> None:
         fit.effect("latin")
     with pytest.raises(DataError, match="at least 3 languages"):
         stats.mixed_effects(study()[lambda d: d.lang.isin(["en", "ja"])])
+
+
+def test_summary_groupings_leave_out_cells_without_a_relative_change() -> None:
+    df = study(n=60, quants=("w4",), tasks=("xcopa", "mgsm"))
+    zero = (df.task == "mgsm") & (df.lang == next(iter(LANGS)))
+    df.loc[zero, "score"] = 0.0  # a cell whose baseline gets nothing right: relative change undefined
+    s = stats.summary(df, n_resamples=500)
+    cells = s.to_frame()
+    assert cells["rel_change"].isna().sum() == 1
+    note = next(n for n in s.notes if "no estimable relative change" in n)
+    assert f"w4/mgsm/{next(iter(LANGS))}" in note
+    groups = s.groups()
+    assert len(groups) and np.isfinite(groups[["rel_change", "rel_change_lo", "rel_change_hi"]].to_numpy()).all()
+    hard = groups[(groups.grouping == "difficulty") & (groups.value == "hard")]
+    assert int(hard["n_cells"].iloc[0]) == len(LANGS) - 1
+    assert "diff [CI]" in str(s)

@@ -34,7 +34,7 @@ import pandas as pd
 
 from mlquant.errors import ConfigError
 from mlquant.stats._engine import Bootstrap, point_estimates
-from mlquant.stats._frame import Paired, pair
+from mlquant.stats._frame import Paired, pair, subset
 from mlquant.stats._groups import group_cells
 from mlquant.stats._resample import bootstrap_groups
 from mlquant.stats._types import FrameResult, format_frame
@@ -86,6 +86,10 @@ class Summary(FrameResult):
             "",
         ]
         show = cells[[c for c in (*st.get("keys", ()), "metric", "n", "baseline", "quantized") if c in cells]].copy()
+        show["diff [CI]"] = [
+            f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+            for d, lo, hi in zip(cells["diff"], cells["diff_lo"], cells["diff_hi"], strict=True)
+        ]
         show["rel_change [CI]"] = [
             f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]"
             for r, lo, hi in zip(cells["rel_change"], cells["rel_change_lo"], cells["rel_change_hi"], strict=True)
@@ -108,19 +112,46 @@ class Summary(FrameResult):
                 "in general, with languages as the sampling unit, use mixed_effects)"
             )
         for r in self._contrasts.itertuples(index=False):
+            hib = getattr(r, "higher_is_better", None)
+            which = "" if hib is None else (" (metrics where higher is better)" if str(hib) == "True" else
+                                            " (metrics where lower is better)")
             lines.append(
-                f"{r.quant}: non-Latin {r.non_latin:+.2f} % vs Latin {r.latin:+.2f} %; non-Latin - Latin = "
+                f"{r.quant}{which}: non-Latin {r.non_latin:+.2f} % vs Latin {r.latin:+.2f} %; non-Latin - Latin = "
                 f"{r.difference:+.2f} points of relative change, CI [{r.lo:+.2f}, {r.hi:+.2f}]"
             )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
+def _estimable(paired: Paired, cells: pd.DataFrame, keys: list[str], notes: list[str]) -> Paired | None:
+    """The cells whose relative change and its CI are defined; the others are named in a note.
+
+    A relative change over a baseline score of 0 is undefined, and so is a bootstrap replicate whose resampled
+    baseline is 0 (a cell with very few correct items): such a cell would make every grouping it belongs to NaN.
+    """
+    ok = np.isfinite(cells[["rel_change", "rel_change_lo", "rel_change_hi"]].to_numpy(dtype=float)).all(axis=1)
+    if ok.all():
+        return paired
+    left_out = cells.loc[~ok, keys].astype(str).agg("/".join, axis=1).tolist()
+    shown = ", ".join(left_out[:12]) + (f" and {len(left_out) - 12} more" if len(left_out) > 12 else "")
+    notes.append(
+        f"{len(left_out)} of {len(cells)} cells have no estimable relative change (a baseline score of 0, in the cell "
+        f"or in some bootstrap resample: too few correct items) and are left out of the groupings: {shown}. Their "
+        "differences (diff [CI]) are above."
+    )
+    if not ok.any():
+        return None
+    cell_key = paired.cells[keys].astype(str).agg("/".join, axis=1)
+    return subset(paired, cell_key.isin(set(cells.loc[ok, keys].astype(str).agg("/".join, axis=1))).to_numpy())
+
+
 def _direction_key(paired: Paired) -> tuple[str, ...]:
     return ("higher_is_better",) if paired.cells["higher_is_better"].nunique() > 1 else ()
 
 
-def _groupings(paired: Paired, spec: Bootstrap, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _groupings(paired: Paired | None, spec: Bootstrap, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if paired is None:
+        return pd.DataFrame(), pd.DataFrame()
     extra = _direction_key(paired)
     if extra:
         notes.append(
@@ -248,7 +279,7 @@ def summary(
     cells["mdd"] = pw["mdd"].to_numpy()
     cells["mdd_rel"] = pw["mdd_rel"].to_numpy()
     notes: list[str] = []
-    groups, contrasts = _groupings(paired, spec, notes)
+    groups, contrasts = _groupings(_estimable(paired, cells, keys, notes), spec, notes)
     settings = {
         "n_resamples": n_resamples,
         "seed": seed,
