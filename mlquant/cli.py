@@ -115,7 +115,8 @@ def report(
         typer.echo("Scores (weighted mean per cell):")
         typer.echo(format_table(score_table(frame), 4))
         typer.echo("\nRelative change 100*(q-b)/b, paired by item:")
-        typer.echo(format_table(relative_change_table(frame, base)))
+        changes = relative_change_table(frame, base)
+        typer.echo(format_table(changes))
         similar = similarity_table(frame, base, cosine=cosine, kl=mq.read_results(run_dir, what="kl"))
         if len(similar):
             typer.echo("\nSimilarity to the baseline's outputs, same items (flip_rate, c2w = correct->wrong, "
@@ -135,7 +136,7 @@ def report(
             typer.echo(format_table(corpus[["n", "chrf++", "spbleu"]]))
             for col in ("chrf++_signature", "spbleu_signature"):
                 typer.echo(f"  {col}: {'; '.join(sorted(set(corpus[col])))}")
-        if len(relative_change_table(frame, base)):
+        if len(changes):
             typer.echo("")
             typer.echo(str(mq.stats.summary(mq.report.scored_rows(frame), baseline=base)))
         if html is not None:
