@@ -35,7 +35,9 @@ DEMO_TASKS: list[Any] = [
 DEMO_NOTE = (
     "Note: the demo model is Gemma 3 270M from a 4-bit Q4_K_M GGUF file, dequantized to float. Its 'fp32' baseline "
     "is therefore itself a 4-bit model: the table measures what quantizing *again* costs. The model is small and near "
-    "chance on some choice tasks in some languages; bits per byte (flores_ppl) carries the signal there."
+    "chance on some choice tasks in some languages; bits per byte (flores_ppl) carries the signal there. Choice cells "
+    "here hold 8-12 items, so their relative changes are mostly noise: `mlquant report` gives each a CI, a test and "
+    "the smallest change it could detect."
 )
 
 
