@@ -119,7 +119,8 @@ def report(
         typer.echo("\nRelative change 100*(q-b)/b, paired by item:")
         changes = relative_change_table(frame, base)
         typer.echo(format_table(changes))
-        similar = similarity_table(frame, base, cosine=cosine, kl=mq.read_results(run_dir, what="kl"))
+        kl_values = mq.read_results(run_dir, what="kl")
+        similar = similarity_table(frame, base, cosine=cosine, kl=kl_values)
         if len(similar):
             typer.echo("\nSimilarity to the baseline's outputs, same items (flip_rate, c2w = correct->wrong, "
                        "w2c = wrong->correct: % of items; chrf 0-100, rouge_l 0-1 between the two outputs; "
@@ -142,7 +143,8 @@ def report(
             typer.echo("")
             typer.echo(str(mq.stats.summary(mq.report.scored_rows(frame), baseline=base)))
         if html is not None:
-            typer.echo(f"HTML report: {write_html(frame, html, base, cosine=cosine)}")
+            page = write_html(frame, html, base, cosine=cosine, kl=kl_values, judged=judged)
+            typer.echo(f"HTML report: {page}")
     except MlquantError as exc:
         _fail(exc)
 

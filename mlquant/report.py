@@ -202,9 +202,16 @@ def format_table(table: pd.DataFrame, digits: int = 2) -> str:
 
 
 def write_html(
-    frame: pd.DataFrame, path: str | os.PathLike[str], baseline: str | None = None, *, cosine: bool = False
+    frame: pd.DataFrame,
+    path: str | os.PathLike[str],
+    baseline: str | None = None,
+    *,
+    cosine: bool = False,
+    kl: pd.DataFrame | None = None,
+    judged: pd.DataFrame | None = None,
 ) -> Path:
-    """Write a static HTML page: scores, relative change, similarity to the baseline, corpus MT scores, statistics."""
+    """Write a static HTML page: scores, relative change, similarity to the baseline (with ``kl`` from
+    ``mlquant kl``), judge win rates (``judged`` from ``mlquant judge``), corpus MT scores and the statistics."""
     from mlquant import stats
 
     frame = _as_frame(frame)
@@ -220,11 +227,17 @@ def write_html(
         "<h2>Relative change, 100·(q−b)/b, paired by item</h2>",
         relative_change_table(frame, baseline).round(2).to_html(na_rep="-"),
     ]
-    similar = similarity_table(frame, baseline, cosine=cosine)
+    similar = similarity_table(frame, baseline, cosine=cosine, kl=kl)
     if len(similar):
         parts += ["<h2>Similarity to the baseline's outputs, same items</h2>",
                   "<p>flip_rate, c2w (correct→wrong), w2c (wrong→correct): % of items; chrF 0–100 and ROUGE-L 0–1 "
                   "between the quantized and the baseline output.</p>", similar.round(2).to_html(na_rep="-")]
+    if judged is not None and len(judged):
+        from mlquant.tasks.judge import win_rates
+
+        keys = [c for c in ("judge", "quant", "task", "lang") if c in judged.columns]
+        parts += ["<h2>Pairwise judge, quantized vs baseline, both orders</h2>",
+                  win_rates(judged, by=keys).set_index(keys).round(3).to_html(na_rep="-")]
     corpus = corpus_table(frame)
     if len(corpus):
         parts += ["<h2>Translation, corpus level (sacrebleu)</h2>", corpus.round(2).to_html(na_rep="-")]

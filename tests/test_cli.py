@@ -78,9 +78,10 @@ def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny
     assert set(judged.columns) >= {"judge", "quant", "task", "lang", "item_id", "verdict_ab", "verdict_ba"}
     again = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--max-new-tokens", "3"])
     assert "verdicts: 0 computed, 4 from cache" in again.output, again.output
-    report = runner.invoke(app, ["report", str(out)])
+    report = runner.invoke(app, ["report", str(out), "--html", str(tmp_path / "r.html")])
     assert report.exit_code == 0, report.output
     assert "Pairwise judge" in report.output and "win_rate" in report.output
+    assert "Pairwise judge" in (tmp_path / "r.html").read_text()
 
 
 def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_llama_dir, monkeypatch) -> None:
@@ -100,7 +101,8 @@ def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_lla
     monkeypatch.setattr(sim, "flores_kl", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     again = runner.invoke(app, ["kl", str(out)])
     assert again.exit_code == 0, again.output
-    report = runner.invoke(app, ["report", str(out)])
+    report = runner.invoke(app, ["report", str(out), "--html", str(tmp_path / "r.html")])
     assert report.exit_code == 0 and "kl" in report.output
+    assert "<th>kl</th>" in (tmp_path / "r.html").read_text()
     bad = runner.invoke(app, ["kl", str(out), "--quant", "rtn-w3"])
     assert bad.exit_code == 2 and "rtn-w3" in bad.output
