@@ -168,3 +168,37 @@ def test_gemma_batch_sizes_agree(gemma) -> None:
         for r, x in zip(gemma.loglikelihood(reqs), ref):
             assert abs(r.logprob - x) < 1e-3
     gemma.batch_size = 16
+
+
+def test_encode_pair_keeps_every_character_of_a_continuation_merged_across_the_boundary() -> None:
+    """Where the tokenizer merges the context's end with the continuation's start (zh without a space), the
+    continuation is scored whole, tokenized alone, after the context's own tokens (lm-eval would drop its first
+    characters: see bench/README.md, bench/choice.py)."""
+    from mlquant.models import HFModel
+
+    vocab = {"所以": 1, "以我": 2, "所": 3, "我": 4, "走": 5}
+
+    class MergingTokenizer:
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+            ids, i = [], 0
+            while i < len(text):
+                two = text[i : i + 2]
+                if two in vocab and not (two == "所以" and text[i + 2 : i + 3] == "我"):
+                    ids.append(vocab[two])
+                    i += 2
+                elif two == "所以" or text[i] == "所":
+                    ids.append(vocab["所"])
+                    i += 1
+                else:
+                    ids.append(vocab[text[i]])
+                    i += 1
+            return {"input_ids": ids}
+
+    model = HFModel.__new__(HFModel)
+    model.tokenizer = MergingTokenizer()
+    model._prefix_ids = lambda: [0]  # BOS
+    assert model._encode("所以我走") == [0, 3, 2, 5]  # the merge: 所 + 以我 + 走
+    ctx, cont = model._encode_pair("所以", "我走")
+    assert ctx == [0, 1] and cont == [4, 5]  # context's own tokens, then 我 走: nothing of the option is lost
+    ctx, cont = model._encode_pair("走", "所以")  # no merge: a plain split of the whole
+    assert (ctx, cont) == ([0, 5], [1])
