@@ -30,13 +30,10 @@ __all__ = [
 
 
 def _as_frame(results: Any) -> pd.DataFrame:
-    """The tidy frame of a DataFrame or a :class:`mlquant.Results`."""
-    frame = getattr(results, "frame", results)
-    if not isinstance(frame, pd.DataFrame):
-        from mlquant.errors import ConfigError
+    """The tidy frame of a DataFrame or a :class:`mlquant.Results` (see :func:`mlquant.stats._frame.as_frame`)."""
+    from mlquant.stats._frame import as_frame
 
-        raise ConfigError(f"expected a results DataFrame or mlquant.Results, got {type(results).__name__}.")
-    return frame
+    return as_frame(results)
 
 
 def default_baseline(frame: pd.DataFrame) -> str:

@@ -106,3 +106,5 @@ def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_lla
     assert "<th>kl</th>" in (tmp_path / "r.html").read_text()
     bad = runner.invoke(app, ["kl", str(out), "--quant", "rtn-w3"])
     assert bad.exit_code == 2 and "rtn-w3" in bad.output
+    not_a_run = runner.invoke(app, ["kl", str(tmp_path)])
+    assert not_a_run.exit_code == 2 and "has no study.yaml" in not_a_run.output
