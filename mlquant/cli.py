@@ -164,6 +164,8 @@ def judge(
     Verdicts are cached in the run's cache.sqlite (keyed by the judge) and written to judged/<judge>.parquet;
     ``mlquant report`` shows their win rates.
     """
+    import pandas as pd
+
     import mlquant as mq
     from mlquant.cache import CachedModel, RequestCache
     from mlquant.report import format_table
@@ -186,8 +188,16 @@ def judge(
             judged = judge_results(frame, cached, base, tasks=task, max_new_tokens=max_new_tokens)
         finally:
             cache.close()
-        judged.insert(0, "judge", getattr(judge_model, "name", model))
-        path = write_judged(run_dir, str(judged["judge"].iloc[0]), judged)
+        name = str(getattr(judge_model, "name", model))
+        judged.insert(0, "judge", name)
+        before = mq.read_results(run_dir, what="judged")
+        if len(before):  # keep this judge's verdicts on the cells not judged now (e.g. another --task)
+            before = before[before["judge"] == name]
+            cells = ["quant", "task", "lang"]
+            fresh = set(judged[cells].itertuples(index=False, name=None))
+            kept = before[[c not in fresh for c in before[cells].itertuples(index=False, name=None)]]
+            judged = pd.concat([kept, judged], ignore_index=True) if len(kept) else judged
+        path = write_judged(run_dir, name, judged)
         typer.echo(f"verdicts: {cached.computed} computed, {cached.hits} from cache -> {path}")
         typer.echo(format_table(win_rates(judged).set_index(["quant", "task", "lang"]), 3))
     except MlquantError as exc:

@@ -443,24 +443,25 @@ def run_kl(
     try:
         base = None
         for spec in todo:
-            have = done[done["quant"] == spec.label] if len(done) else done
-            wanted = {(lang, limit, study.seed) for lang in langs}
-            if len(have) and {tuple(x) for x in have[["lang", "limit", "seed"]].drop_duplicates().values} >= wanted:
-                parts.append(have[have["lang"].isin(list(langs))])
-                continue
-            if base is None:
-                base = runner._model_for(study.baseline)
-                base.batch_size = batch_size
-            model = runner._model_for(spec)
-            frame = pd.concat(
-                [flores_kl(base, model, lang, limit=limit, seed=study.seed, batch_size=batch_size, quant=spec.label)
-                 for lang in langs],
-                ignore_index=True,
-            ).assign(limit=limit, seed=study.seed)
-            write_table(root / "kl" / f"{spec.label}.parquet", frame)
-            parts.append(frame)
-            runner._release()
-            log.info("run_kl: %s done (%d sentences)", spec.label, len(frame))
+            have = done[done["quant"] == spec.label] if len(done) else pd.DataFrame(columns=["lang", "limit", "seed"])
+            same = (have["limit"] == limit) & (have["seed"] == study.seed)
+            missing = [lang for lang in langs if not (same & (have["lang"] == lang)).any()]
+            if missing:
+                if base is None:
+                    base = runner._model_for(study.baseline)
+                model = runner._model_for(spec)
+                new = pd.concat(
+                    [flores_kl(base, model, lang, limit=limit, seed=study.seed, batch_size=batch_size, quant=spec.label)
+                     for lang in missing],
+                    ignore_index=True,
+                ).assign(limit=limit, seed=study.seed)
+                # Keep what the file already held (other languages, limits or seeds): nothing computed is lost.
+                have = pd.concat([have, new], ignore_index=True) if len(have) else new
+                write_table(root / "kl" / f"{spec.label}.parquet", have)
+                runner._release()
+                log.info("run_kl: %s: %d sentences computed", spec.label, len(new))
+                same = (have["limit"] == limit) & (have["seed"] == study.seed)
+            parts.append(have[same & have["lang"].isin(list(langs))])
     finally:
         runner.close()
     if not parts:

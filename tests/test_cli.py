@@ -63,7 +63,8 @@ def _run_study(tmp_path, model_dir, quant: str, task: str):
 
 
 def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny_llama_dir) -> None:
-    task = "{name: open_ended, subsets: [aya], max_new_tokens: 4, languages: [zh], limit: 2}"
+    task = ("{name: open_ended, subsets: [aya], max_new_tokens: 4, languages: [zh], limit: 2}, "
+            "{name: open_ended, label: oe-tr, subsets: [aya], max_new_tokens: 4, languages: [tr], limit: 2}")
     out = _run_study(tmp_path, tiny_llama_dir, "fp32, rtn-w4g32", task)
     bad = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--task", "xcopa"])
     assert bad.exit_code == 2 and "not in" in bad.output and "open_ended" in bad.output
@@ -82,6 +83,12 @@ def test_judge_command_caches_verdicts_and_report_shows_win_rates(tmp_path, tiny
     assert report.exit_code == 0, report.output
     assert "Pairwise judge" in report.output and "win_rate" in report.output
     assert "Pairwise judge" in (tmp_path / "r.html").read_text()
+    # Judging another task adds to this judge's file; the verdicts already there stay.
+    other = runner.invoke(app, ["judge", str(out), "--judge", str(tiny_llama_dir), "--max-new-tokens", "3",
+                                "--task", "oe-tr"])
+    assert other.exit_code == 0, other.output
+    both = mq.read_results(out, what="judged")
+    assert both.groupby("task").size().to_dict() == {"oe-tr": 2, "open_ended": 2}
 
 
 def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_llama_dir, monkeypatch) -> None:
@@ -95,6 +102,11 @@ def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_lla
     # Same sentences as the study's cells.
     cells = mq.read_results(out)
     assert set(kl["item_id"]) == set(cells["item_id"])
+    # Another limit for one language adds to the files; the sentences already there are kept.
+    more = runner.invoke(app, ["kl", str(out), "--lang", "ja", "--limit", "2"])
+    assert more.exit_code == 0, more.output
+    kl2 = mq.read_results(out, what="kl")
+    assert len(kl2) == 2 * (2 * 3 + 2) and set(kl2.loc[kl2["limit"] == 2, "lang"]) == {"ja"}
     # A second call recomputes nothing.
     import mlquant.similarity as sim
 
