@@ -11,7 +11,7 @@
   Kurtic et al. 2024, arXiv 2411.02355), with the same dynamic per-token int8 activations.
 
 Where ``1/s`` is folded (only where the producer feeds exactly those Linears, which is checked on the calibration
-pass by tensor identity):
+pass by tagging each norm's output tensor):
 
 * q/k/v ← ``input_layernorm``; gate/up ← ``pre_feedforward_layernorm`` (Gemma 2/3) or
   ``post_attention_layernorm`` (Llama, Mistral, Qwen). RMSNorm ``y = w * x_hat`` becomes ``w / s``; Gemma's
@@ -80,12 +80,20 @@ def _check_w8a8(spec: QuantSpec) -> None:
         raise ConfigError(f"{spec.method}: symmetric=False is not supported; W8A8 int8 grids are symmetric.")
 
 
+#: Attribute set on a norm's output tensor during the calibration pass: (block index, norm name).
+_PRODUCER_TAG = "_mlquant_produced_by"
+
+
 # ----- activation statistics and smoothing ------------------------------------------------------------------------
 def _act_stats(
     torch_model: Any, seqs: Sequence[Sequence[int]], pad: int
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Per-channel max |x| of every decoder Linear's input, and (first batch) which tensor each Linear reads and
-    each norm writes, as (block index, tensor id) with the norm outputs kept alive until their block ends."""
+    """Per-channel max |x| of every decoder Linear's input, and (first batch) which norm output each Linear reads.
+
+    Each norm output is tagged with ``(block index, norm name)`` as an attribute of the tensor object itself, and a
+    Linear records the tag of its input (None when the input is no norm's output). Tensor ids (addresses) are not
+    used: CPython reuses the address of a freed temporary for the next tensor, so an id-based match depended on the
+    allocator's state, i.e. on whatever ran before (71 of 72 Gemma folds after other tests had run)."""
     import torch
 
     from mlquant.quantize.rtn import quantizable_linears
@@ -93,7 +101,7 @@ def _act_stats(
     amax: dict[str, torch.Tensor] = {}
     in_ids: dict[str, Any] = {}
     norm_out: dict[str, Any] = {}
-    state: dict[str, Any] = {"first": True, "layer": -1, "keep": []}
+    state: dict[str, Any] = {"first": True, "layer": -1}
     handles = []
 
     def lin_hook(name: str) -> Any:
@@ -102,15 +110,16 @@ def _act_stats(
             m = x[state["mask"]].abs().amax(dim=0).float()
             amax[name] = torch.maximum(amax[name], m) if name in amax else m
             if state["first"]:
-                in_ids[name] = (state["layer"], id(x))
+                in_ids[name] = getattr(x, _PRODUCER_TAG, None)
 
         return hook
 
     def norm_hook(name: str) -> Any:
         def hook(mod: Any, args: Any, out: Any) -> None:
-            if state["first"]:
-                state["keep"].append(out)
-                norm_out[name] = (state["layer"], id(out))
+            if state["first"] and isinstance(out, torch.Tensor):
+                key = (state["layer"], name)
+                setattr(out, _PRODUCER_TAG, key)
+                norm_out[name] = key
 
         return hook
 
@@ -119,9 +128,6 @@ def _act_stats(
             state["layer"] = index
 
         return hook
-
-    def leave(mod: Any, args: Any, out: Any) -> None:
-        state["keep"].clear()
 
     body = getattr(torch_model, torch_model.base_model_prefix)
     device = next(torch_model.parameters()).device
@@ -133,7 +139,6 @@ def _act_stats(
                 handles.append(module.register_forward_hook(norm_hook(name)))
         for index, layer in enumerate(decoder_layers(torch_model)):
             handles.append(layer.register_forward_pre_hook(enter(index)))
-            handles.append(layer.register_forward_hook(leave))
         with torch.no_grad():
             for ids, mask in make_batches(seqs, 16, pad):
                 state["mask"] = mask.bool().to(device)
@@ -176,11 +181,11 @@ def smooth_model(torch_model: Any, seqs: Sequence[Sequence[int]], pad: int, alph
     import torch
 
     amax, in_ids, norm_out = _act_stats(torch_model, seqs, pad)
-    names = {id(m): n for n, m in torch_model.named_modules()}
+    names = {m: n for n, m in torch_model.named_modules()}
     model_type = getattr(torch_model.config, "model_type", "")
     done: list[str] = []
     for layer in decoder_layers(torch_model):
-        prefix = names[id(layer)]
+        prefix = names[layer]
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         mlp_norm = "pre_feedforward_layernorm" if hasattr(layer, "pre_feedforward_layernorm") else "post_attention_layernorm"
         folds = [
