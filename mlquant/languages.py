@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import yaml
 from mlquant._registry import did_you_mean
 from mlquant.errors import ConfigError, UnknownNameError
 
-__all__ = ["Language", "PromptWords", "get_language", "list_languages", "load_language_file", "languages_dir"]
+__all__ = ["Language", "PromptWords", "get_language", "languages_dir", "list_languages", "load_language_file"]
 
 #: Scripts (ISO 15924) that the "Latin vs non-Latin" grouping of Marchisio et al. 2024 calls Latin.
 LATIN_SCRIPTS = frozenset({"Latn"})
@@ -65,7 +66,7 @@ _TOP_KEYS: dict[str, str] = {
     "genus": "branch or genus inside the family",
     "resource_class": "Joshi et al. 2020 class, 0 (left-behind) to 5 (winners)",
     "flores": "FLORES-200 code (jpn_Jpan)",
-    "datasets": "mapping benchmark -> the benchmark's code for this language (null where it has none)",
+    "datasets": "mapping benchmark -> the benchmark's code for this language, only for benchmarks that have it",
     "prompt": "mapping of prompt words (see PROMPT_KEYS)",
     "label_separator": "what follows a label: ': ' in English, '：' in Japanese",
     "numbers": "digits, native_digits, decimal_separator, thousands_separator",
@@ -76,7 +77,9 @@ _TOP_KEYS: dict[str, str] = {
 }
 _NUMBER_KEYS = {"native_digits", "decimal_separator", "thousands_separator"}
 
-#: Benchmarks a language file gives dataset codes for (null where the benchmark lacks the language).
+#: The benchmarks mlquant knows, with where their codes come from. A language file's ``datasets`` lists only the
+#: benchmarks that have the language: a missing key means "no data in this language". A key not listed here is
+#: allowed (a benchmark of your own) if it is well formed and not one edit away from a known one (a typo).
 DATASET_KEYS = {
     "belebele": "facebook/belebele config (FLORES-style code)",
     "xcopa": "cambridgeltl/xcopa config",
@@ -88,6 +91,12 @@ DATASET_KEYS = {
     "global_mmlu": "CohereForAI/Global-MMLU config",
     "language_confusion": "Language Confusion Benchmark language code",
 }
+
+#: Keys that never belong under ``datasets``: the FLORES-200 code is the top-level key ``flores``.
+_NOT_DATASET_KEYS = frozenset({"flores", "flores200"})
+
+#: Form of a benchmark key: lowercase letters, digits and underscores, as the folders under MLQUANT_DATA_DIR.
+_BENCHMARK_KEY = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -149,10 +158,19 @@ class Language:
 
     def label(self, key: str) -> str:
         """Prompt word ``key`` followed by this language's label separator (``'Question: '``)."""
-        return getattr(self.prompt, key) + self.label_separator
+        return str(getattr(self.prompt, key)) + self.label_separator
 
     def dataset_code(self, benchmark: str) -> str | None:
-        """The code a benchmark uses for this language, or None if the file says it has none."""
+        """The code ``benchmark`` uses for this language, or None when the benchmark has no data in it.
+
+        A language file lists only the benchmarks that have the language, so None means "not in the file" (or an
+        explicit ``null``). It is never an error: a task asks every language and keeps those with a code.
+
+        Example:
+            >>> en = get_language("en")
+            >>> en.dataset_code("mgsm"), en.dataset_code("xcopa")
+            ('en', None)
+        """
         return self.datasets.get(benchmark)
 
     def to_native_digits(self, text: str) -> str:
@@ -185,6 +203,63 @@ def _check_keys(path: Path, where: str, got: Mapping[str, Any], expected: Mappin
     missing = sorted(set(expected) - set(got))
     if missing:
         raise _fail(path, f"missing key {where}{missing[0]!r}.")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Letters added, dropped or changed, or two neighbours swapped, to turn ``a`` into ``b`` (restricted Damerau)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def _check_datasets(path: Path, datasets: Any) -> dict[str, str | None]:
+    """Validate the ``datasets`` mapping: benchmark keys well formed and not a typo of a known one; codes strings."""
+    if not isinstance(datasets, dict):
+        raise _fail(
+            path,
+            f"key 'datasets' must be a mapping of benchmark -> code ({{}} when no benchmark has the language), "
+            f"got {datasets!r}.",
+        )
+    known = sorted(DATASET_KEYS)
+    for key, value in datasets.items():
+        if not isinstance(key, str) or not _BENCHMARK_KEY.fullmatch(key):
+            hint = did_you_mean(str(key).strip().lower().replace("-", "_"), known)
+            raise _fail(
+                path,
+                f"key datasets.{key!r} is not a benchmark name: expected lowercase letters, digits and '_', "
+                f"starting with a letter.{hint} Known benchmarks: {', '.join(known)}.",
+            )
+        if key in DATASET_KEYS:
+            pass
+        elif key in _NOT_DATASET_KEYS:
+            raise _fail(
+                path, f"key datasets.{key!r}: the FLORES-200 code is the top-level key 'flores', not a datasets entry."
+            )
+        elif any(_edit_distance(key, k) <= 1 for k in _NOT_DATASET_KEYS):
+            raise _fail(
+                path,
+                f"unknown key datasets.{key!r}. Did you mean 'flores'? The FLORES-200 code is the top-level key "
+                "'flores', not a datasets entry.",
+            )
+        else:
+            near = [k for k in known if _edit_distance(key, k) <= 1]
+            if near:
+                raise _fail(
+                    path,
+                    f"unknown key datasets.{key!r}. Did you mean {' or '.join(repr(k) for k in near)}? Known "
+                    f"benchmarks: {', '.join(known)}. (A new benchmark whose name is one edit away from a known one "
+                    "must first be added to DATASET_KEYS in mlquant/languages.py.)",
+                )
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _fail(path, f"key 'datasets.{key}' must be a non-empty dataset code string, got {value!r}.")
+    return dict(datasets)
 
 
 def _require_str(path: Path, key: str, value: Any, *, allow_empty: bool = False) -> str:
@@ -244,13 +319,9 @@ def load_language_file(path: str | Path) -> Language:
         raise _fail(path, f"key 'stop_sequences' must be a list of non-empty strings, got {stops!r}.")
     if not isinstance(raw["uses_spaces"], bool):
         raise _fail(path, f"key 'uses_spaces' must be true or false, got {raw['uses_spaces']!r}.")
-    for key in ("datasets", "provenance"):
-        if not isinstance(raw[key], dict):
-            raise _fail(path, f"key {key!r} must be a mapping.")
-    _check_keys(path, "datasets.", raw["datasets"], DATASET_KEYS)
-    for key, value in raw["datasets"].items():
-        if value is not None and (not isinstance(value, str) or not value):
-            raise _fail(path, f"key 'datasets.{key}' must be a dataset code or null, got {value!r}.")
+    if not isinstance(raw["provenance"], dict):
+        raise _fail(path, "key 'provenance' must be a mapping.")
+    datasets = _check_datasets(path, raw["datasets"])
     missing_prov = sorted(set(PROMPT_KEYS) - set(raw["provenance"]))
     if missing_prov:
         raise _fail(path, f"key 'provenance' has no entry for prompt word {missing_prov[0]!r}.")
@@ -263,7 +334,7 @@ def load_language_file(path: str | Path) -> Language:
         genus=_require_str(path, "genus", raw["genus"]),
         resource_class=rc,
         flores=_require_str(path, "flores", raw["flores"]),
-        datasets=dict(raw["datasets"]),
+        datasets=datasets,
         prompt=PromptWords(**raw["prompt"]),
         label_separator=_require_str(path, "label_separator", raw["label_separator"], allow_empty=True),
         native_digits=native,
