@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         # The float cache exists once mlquant has loaded the model; load it first (untimed) so that it does.
         model, load_s, _ = _timed(mq.load_model, "gemma3-270m", dtype="float32", device="cpu")
         model_dir, tok_dir = _float_cache_dirs(model)
-        max_tokens = max(len(model._encode(r["context"] + c)) for r in items for c in r["choices"])
-        our_tokens = {r["uid"]: [[list(x) for x in model._encode_pair(r["context"], c)] for c in r["choices"]] for r in items}
+        max_tokens = max(len(model.encode(r["context"] + c)) for r in items for c in r["choices"])
+        our_tokens = {r["uid"]: [[list(x) for x in model.encode_pair(r["context"], c)] for c in r["choices"]] for r in items}
         # Warm-up items spread over every task and language (so that every prompt length has been seen).
         warm_idx = sorted({round(k * (len(items) - 1) / max(args.warmup - 1, 1)) for k in range(args.warmup)}) if args.warmup else []
         worker_spec = {

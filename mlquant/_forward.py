@@ -10,14 +10,43 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from mlquant.requests import GenerateRequest, LoglikelihoodResult, RollingRequest, RollingResult
 
-if TYPE_CHECKING:
-    from mlquant.models import HFModel
+
+class ForwardModel(Protocol):
+    """What the forward passes need from a model (:class:`~mlquant.models.HFModel` provides it)."""
+
+    torch_model: Any
+    tokenizer: Any
+    batch_size: int
+    max_length: int
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def body(self) -> Any:
+        """The decoder stack without the LM head (returns hidden states)."""
+
+    def logprobs_at(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log-softmax over the vocabulary for hidden states [n, d]."""
+
+    def prefix_ids(self) -> list[int]:
+        """The token ids every text starts with (BOS)."""
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` after the prefix."""
+
+
+@dataclass
+class Passes:
+    """Forward passes run by one call (the caller adds them to its own count)."""
+
+    count: int = 0
 
 #: Hidden-state positions sent through the LM head at once (bounds the [positions, vocab] logits buffer).
 HEAD_CHUNK = 256
@@ -43,15 +72,24 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def _gather_logprobs(model: HFModel, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_logprobs(model: ForwardModel, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position log P(target) and whether the target is the argmax, for hidden [n, d] and targets [n]."""
     lps, greedy = [], []
     for start in range(0, hidden.shape[0], HEAD_CHUNK):
-        lp = model._logprobs_at(hidden[start : start + HEAD_CHUNK])
+        lp = model.logprobs_at(hidden[start : start + HEAD_CHUNK])
         t = targets[start : start + HEAD_CHUNK]
         lps.append(lp.gather(1, t[:, None])[:, 0])
         greedy.append(lp.argmax(dim=-1) == t)
     return torch.cat(lps), torch.cat(greedy)
+
+
+def _cache_kwarg(body: Any, cache: Any) -> dict[str, Any]:
+    """The key/value cache argument as this transformers version names it: ``cache`` since 5.24 (``past_key_values``
+    still works there but warns that it goes in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    params = inspect.signature(body.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
 def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -61,13 +99,13 @@ def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 @torch.inference_mode()
 def score_groups(
-    model: HFModel, groups: dict[tuple[int, ...], list[tuple[int, list[int]]]]
+    model: ForwardModel, groups: dict[tuple[int, ...], list[tuple[int, list[int]]]], passes: Passes
 ) -> Iterator[tuple[int, LoglikelihoodResult]]:
-    """Yield (request index, result) for every continuation of every context group."""
+    """Yield (request index, result) for every continuation of every context group; count passes in ``passes``."""
     from transformers import DynamicCache
 
     device = model.device
-    body = model._body()
+    body = model.body()
     pad = model.tokenizer.pad_token_id or 0
     # Longest contexts first: similar lengths share a batch, and memory problems show up at once.
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))
@@ -82,10 +120,10 @@ def score_groups(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(device),
-            past_key_values=cache,
+            **_cache_kwarg(body, cache),
             use_cache=True,
         )
-        model.n_forward += 1
+        passes.count += 1
         last_hidden = out.last_hidden_state[:, -1]
         # Every continuation of the batch: (group row, request index, tokens).
         rows = [(g, idx, cont) for g, (_, conts) in enumerate(batch) for idx, cont in conts]
@@ -115,10 +153,10 @@ def score_groups(
                 input_ids=tail_ids.to(device),
                 attention_mask=full_mask.to(device),
                 position_ids=positions.to(device),
-                past_key_values=sub,
+                **_cache_kwarg(body, sub),
                 use_cache=True,
             )
-            model.n_forward += 1
+            passes.count += 1
             hid, targets, owner = [], [], []
             for k, (_, _, cont) in enumerate(chunk):
                 n = len(cont) - 1
@@ -135,12 +173,12 @@ def score_groups(
 
 
 @torch.inference_mode()
-def rolling_logprobs(model: HFModel, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+def rolling_logprobs(model: ForwardModel, requests: Sequence[RollingRequest], passes: Passes) -> list[RollingResult]:
     """Sum of log P(token) over each text (all tokens after BOS), in disjoint windows of ``max_length``."""
     device = model.device
-    body = model._body()
+    body = model.body()
     pad = model.tokenizer.pad_token_id or 0
-    prefix = model._prefix_ids()
+    prefix = model.prefix_ids()
     windows: list[tuple[int, list[int], int]] = []  # (request, input tokens, number of leading context tokens)
     for i, req in enumerate(requests):
         ids = list(model.tokenizer(req.text, add_special_tokens=False)["input_ids"])
@@ -154,7 +192,7 @@ def rolling_logprobs(model: HFModel, requests: Sequence[RollingRequest]) -> list
         rows = [windows[w][1] for w in chunk]
         ids, mask = _right_pad(rows, pad)
         out = body(input_ids=ids.to(device), attention_mask=mask.to(device))
-        model.n_forward += 1
+        passes.count += 1
         hid, targets, owner = [], [], []
         for k, w in enumerate(chunk):
             req_i, toks, _ = windows[w]
@@ -189,7 +227,7 @@ class _StopOnStrings:
 
 
 @torch.inference_mode()
-def generate_batched(model: HFModel, requests: Sequence[GenerateRequest]) -> list[str]:
+def generate_batched(model: ForwardModel, requests: Sequence[GenerateRequest], passes: Passes) -> list[str]:
     """Generate for each request; requests with the same decoding parameters share left-padded batches."""
     from transformers import StoppingCriteriaList
 
@@ -197,7 +235,7 @@ def generate_batched(model: HFModel, requests: Sequence[GenerateRequest]) -> lis
     device = model.device
     pad = tok.pad_token_id or 0
     eos = tok.eos_token_id
-    encoded = [model._encode(r.context) for r in requests]
+    encoded = [model.encode(r.context) for r in requests]
     results: list[str] = [""] * len(requests)
     by_params: dict[tuple[Any, ...], list[int]] = {}
     for i, r in enumerate(requests):
@@ -223,7 +261,7 @@ def generate_batched(model: HFModel, requests: Sequence[GenerateRequest]) -> lis
                 stopping_criteria=StoppingCriteriaList([_StopOnStrings(tok, stop, width)]) if stop else None,
                 **kwargs,
             )
-            model.n_forward += 1
+            passes.count += 1
             for k, i in enumerate(chunk):
                 results[i] = tok.decode(out[k, width:], skip_special_tokens=True)
     return results

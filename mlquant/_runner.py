@@ -1,8 +1,11 @@
-"""The local executor of a :class:`~mlquant.study.Study` (private).
+"""The local executor of a study's cells, and the pool of models it builds (private to the package).
 
-For each quant spec (baselines first): skip the cells whose Parquet file exists with the same signature; for the
-rest, send each chunk of items' requests through a :class:`~mlquant.cache.CachedModel` (the model is loaded and
-quantized only on the first cache miss), score the items, and write the cell atomically.
+:class:`ModelPool` builds the study's base model once and each quantized variant on demand, writes their
+quantization reports and counts their forward passes; the runner and the post-hoc commands (``mlquant kl``) share
+it. :class:`Runner` takes a plan (cells with their signatures, limits and seeds; no :class:`~mlquant.study.Study`),
+and for each quant spec (baselines first) skips the cells whose Parquet file exists with the same signature; for
+the rest it sends each chunk of items' requests through a :class:`~mlquant.cache.CachedModel` (the model is built
+only on the first cache miss), scores the items, and writes the cell atomically.
 """
 
 from __future__ import annotations
@@ -10,137 +13,181 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
+from mlquant._loading import ModelSource, resolve_source
 from mlquant.cache import CachedModel, RequestCache
-from mlquant.errors import MlquantError
-from mlquant.quantize import QuantSpec, quantize
-from mlquant.results import cell_path, write_cell, write_quant_report
-
-if TYPE_CHECKING:
-    from mlquant.study import Cell, RunStats, Study
+from mlquant.cells import Cell, RunStats, Signature
+from mlquant.errors import ConfigError, MlquantError
+from mlquant.models import HFModel, load_model, model_fingerprint
+from mlquant.quantize import quantize
+from mlquant.requests import Model, Request
+from mlquant.results import ResultRow, cell_path, write_cell, write_quant_report
+from mlquant.spec import QuantSpec
+from mlquant.tasks import Item, ItemScore
 
 log = logging.getLogger(__name__)
 
 
+class ModelPool:
+    """The models of one study: the base model (loaded once) and quantized variants (built on demand, released).
+
+    Args:
+        model: a model name, hub id, folder or ``.gguf`` file, or a :class:`~mlquant.requests.Model` object.
+        batch_size: rows per forward pass of a loaded model.
+        report_dir: run folder where quantization reports are written (``quant/<label>.parquet``); None: not written.
+    """
+
+    def __init__(self, model: str | Model, *, batch_size: int = 16, report_dir: Path | None = None) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.report_dir = report_dir
+        self.models_loaded = 0
+        self._source: ModelSource | None = None
+        self._base: Model | None = None
+        self._built: list[Model] = []
+        self._seen: dict[int, int] = {}  # forward passes already counted, per model object
+
+    def source(self) -> ModelSource | None:
+        """Where a named model's weights come from (resolved without loading them); None for a model object."""
+        if isinstance(self.model, str):
+            if self._source is None:
+                self._source = resolve_source(self.model)
+            return self._source
+        return self.model.source if isinstance(self.model, HFModel) else None
+
+    def fingerprint(self, spec: QuantSpec) -> str:
+        """The fingerprint ``spec``'s model will have (the request cache key), computed without loading it."""
+        source = self.source()
+        if source is not None:
+            return model_fingerprint(source, spec)
+        if not isinstance(self.model, str) and spec == self.model.spec:
+            return self.model.fingerprint()
+        raise ConfigError(f"quant {spec.label}: a scripted model can only run its own spec ({self._spec_label()}).")
+
+    def signature(self) -> str:
+        """``model:<id>@<revision>``, the model part of every cell signature."""
+        source = self.source()
+        if source is not None:
+            rev = source.revision or (source.file_sha256 or "")[:12] or "main"
+            return f"model:{source.model_id}@{rev}"
+        if isinstance(self.model, str):  # unreachable: a named model always has a source
+            raise ConfigError(f"model {self.model!r} has no source.")
+        return self.model.signature()
+
+    def base(self) -> Model:
+        """The unquantized model, loaded on first use."""
+        if self._base is None:
+            if isinstance(self.model, str):
+                self._base = load_model(self.model, batch_size=self.batch_size)
+            else:
+                self._base = self.model
+                self._seen[id(self._base)] = self._base.n_forward
+            self.models_loaded += 1
+            self._built.append(self._base)
+        return self._base
+
+    def get(self, spec: QuantSpec) -> Model:
+        """The model of ``spec``: the base model itself, the base model in another dtype, or a quantized copy."""
+        base = self.base()
+        if spec == base.spec:
+            return base
+        if not isinstance(base, HFModel):
+            raise ConfigError(f"quant {spec.label}: a scripted model can only run its own spec ({base.spec.label}).")
+        model = quantize(base, spec)
+        if model is not base:
+            self._built.append(model)
+            report = model.quant_report
+            if self.report_dir is not None and isinstance(report, pd.DataFrame) and not report.empty:
+                write_quant_report(self.report_dir, spec.label, report)
+        return model
+
+    def release(self) -> int:
+        """Free the quantized models (the base model is kept) and return the forward passes run since last time."""
+        passes = 0
+        for m in self._built:
+            passes += m.n_forward - self._seen.get(id(m), 0)
+            self._seen[id(m)] = m.n_forward
+        self._built = [self._base] if self._base is not None else []
+        return passes
+
+    def _spec_label(self) -> str:
+        return self.model.spec.label if not isinstance(self.model, str) else "fp32"
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell as the runner sees it: what to compute, on how many items, under which signature."""
+
+    cell: Cell
+    limit: int | None
+    seed: int
+    signature: Signature
+
+
 class Runner:
-    """Runs the cells of one study into one run directory."""
+    """Runs planned cells into one run directory."""
 
-    def __init__(self, study: Study, root: Path, *, progress: bool, chunk_items: int) -> None:
-        from mlquant.study import RunStats
-
-        self.study = study
+    def __init__(
+        self, pool: ModelPool, plan: Sequence[PlannedCell], root: Path, *, progress: bool, chunk_items: int
+    ) -> None:
+        self.pool = pool
+        self.plan = list(plan)
         self.root = root
         self.progress = progress
         self.chunk_items = chunk_items
         self.cache = RequestCache(root / "cache.sqlite")
-        self.stats: RunStats = RunStats(cells_total=len(study.cells))
-        self._base: Any = None
-        self._built: list[Any] = []
-        self._source: Any = None
-        self._seen: dict[int, int] = {}  # forward passes already counted, per model object
+        self.stats = RunStats(cells_total=len(self.plan))
 
-    # ----- models -------------------------------------------------------------------------------------------------
-    def _model_source(self) -> Any:
-        from mlquant._loading import resolve_source
-
-        if self._source is None:
-            self._source = resolve_source(self.study.model)
-        return self._source
-
-    def _base_model(self) -> Any:
-        if self._base is None:
-            if isinstance(self.study.model, str):
-                from mlquant.models import HFModel, load_model
-
-                self._base = load_model(self.study.model, batch_size=self.study.batch_size)
-                assert isinstance(self._base, HFModel)
-            else:
-                self._base = self.study.model
-                self._seen[id(self._base)] = int(getattr(self._base, "n_forward", getattr(self._base, "calls", 0)))
-            self.stats.models_loaded += 1
-            self._built.append(self._base)
-        return self._base
-
-    def _model_for(self, spec: QuantSpec) -> Any:
-        base = self._base_model()
-        if spec.is_baseline and not hasattr(base, "to_dtype"):
-            return base
-        model = quantize(base, spec)
-        if model is not base:
-            self._built.append(model)
-            report = getattr(model, "quant_report", None)
-            if isinstance(report, pd.DataFrame) and not report.empty:
-                write_quant_report(self.root, spec.label, report)
-        return model
-
-    def _fingerprint(self, spec: QuantSpec) -> str:
-        if isinstance(self.study.model, str):
-            from mlquant.models import model_fingerprint
-
-            return model_fingerprint(self._model_source(), spec)
-        return str(self.study.model.fingerprint())
-
-    def _model_signature(self) -> str:
-        if isinstance(self.study.model, str):
-            src = self._model_source()
-            rev = src.revision or (src.file_sha256 or "")[:12] or "main"
-            return f"model:{src.model_id}@{rev}"
-        sig = getattr(self.study.model, "signature", None)
-        return sig() if callable(sig) else f"model:{getattr(self.study.model, 'name', 'model')}"
-
-    # ----- cells ----------------------------------------------------------------------------------------------------
     def run(self) -> None:
-        model_sig = self._model_signature()
-        for spec in self.study.specs:
-            cells = [c for c in self.study.cells if c.quant == spec]
-            todo = []
-            for cell in cells:
+        by_label: dict[str, QuantSpec] = {}
+        for p in self.plan:
+            by_label.setdefault(p.cell.quant.label, p.cell.quant)
+        for spec in sorted(by_label.values(), key=lambda s: not s.is_baseline):
+            todo: list[tuple[PlannedCell, Path, str]] = []
+            for planned in (p for p in self.plan if p.cell.quant.label == spec.label):
+                cell = planned.cell
                 path = cell_path(self.root, spec.label, cell.task_label, cell.lang.code)
-                sig = self.study._signature(cell, model_sig)
-                if path.is_file() and _stored_signature(path) == sig:
+                sig = planned.signature.format()
+                if path.is_file() and stored_signature(path) == sig:
                     self.stats.cells_skipped += 1
                     continue
-                todo.append((cell, path, sig))
+                todo.append((planned, path, sig))
             if not todo:
                 continue
-            model = CachedModel(self._factory(spec), self.cache, fingerprint=self._fingerprint(spec))
-            for cell, path, sig in todo:
-                self._run_cell(cell, path, sig, model)
+            model = CachedModel(self._factory(spec), self.cache, fingerprint=self.pool.fingerprint(spec))
+            for planned, path, sig in todo:
+                self._run_cell(planned, path, sig, model)
             self.stats.requests_computed += model.computed
             self.stats.cache_hits += model.hits
-            self._release()
+            self.stats.forward_passes += self.pool.release()
+        self.stats.models_loaded = self.pool.models_loaded
 
-    def _factory(self, spec: QuantSpec) -> Callable[[], Any]:
-        return lambda: self._model_for(spec)
+    def _factory(self, spec: QuantSpec) -> Callable[[], Model]:
+        return lambda: self.pool.get(spec)
 
-    def _release(self) -> None:
-        """Count forward passes and free quantized models (the base model is kept for the next spec)."""
-        for m in self._built:
-            count = int(getattr(m, "n_forward", getattr(m, "calls", 0)))
-            self.stats.forward_passes += count - self._seen.get(id(m), 0)
-            self._seen[id(m)] = count
-        self._built = [self._base] if self._base is not None else []
-
-    def _run_cell(self, cell: Cell, path: Path, sig: str, model: CachedModel) -> None:
+    def _run_cell(self, planned: PlannedCell, path: Path, sig: str, model: CachedModel) -> None:
         from tqdm.auto import tqdm
 
-        items = cell.task.items(cell.lang, limit=self.study.limit_for(cell), seed=self.study.seed)
-        rows: list[dict[str, Any]] = []
+        cell = planned.cell
+        items = cell.task.items(cell.lang, limit=planned.limit, seed=planned.seed)
+        model_id = planned.signature.model
+        rows: list[ResultRow] = []
         bar = tqdm(total=len(items), desc=cell.describe(), disable=not self.progress, leave=False)
         try:
             for start in range(0, len(items), self.chunk_items):
                 chunk = items[start : start + self.chunk_items]
                 per_item = [cell.task.requests(item, cell.lang) for item in chunk]
-                answers = _answer(model, [r for reqs in per_item for r in reqs])
+                answers = answer(model, [r for reqs in per_item for r in reqs])
                 pos = 0
                 for item, reqs in zip(chunk, per_item):
                     scored = cell.task.score(item, cell.lang, answers[pos : pos + len(reqs)])
                     pos += len(reqs)
-                    rows.append(_row(cell, item, scored, sig, self._model_signature()))
+                    rows.append(result_row(cell, item, scored, sig, model_id))
                 bar.update(len(chunk))
         except MlquantError:
             raise
@@ -154,55 +201,62 @@ class Runner:
         log.info("finished %s (%d items) -> %s", cell.describe(), len(rows), path)
 
     def close(self) -> None:
-        self._release()
+        self.stats.forward_passes += self.pool.release()
+        self.stats.models_loaded = self.pool.models_loaded
         self.cache.close()
 
 
-def _answer(model: CachedModel, requests: Sequence[Any]) -> list[Any]:
+def answer(model: CachedModel, requests: Sequence[Request]) -> list[Any]:
     """Send requests grouped by kind, return answers in the original order."""
     out: list[Any] = [None] * len(requests)
     by_kind: dict[str, list[int]] = {}
     for i, r in enumerate(requests):
         by_kind.setdefault(r.kind, []).append(i)
-    method = {"loglikelihood": model.loglikelihood, "loglikelihood_rolling": model.loglikelihood_rolling, "generate": model.generate}
+    method: dict[str, Callable[[list[Any]], list[Any]]] = {
+        "loglikelihood": model.loglikelihood,
+        "loglikelihood_rolling": model.loglikelihood_rolling,
+        "generate": model.generate,
+    }
     for kind, idxs in by_kind.items():
         for i, a in zip(idxs, method[kind]([requests[i] for i in idxs])):
             out[i] = a
     return out
 
 
-def _row(cell: Cell, item: Any, scored: Any, sig: str, model_sig: str) -> dict[str, Any]:
+def result_row(cell: Cell, item: Item, scored: ItemScore, sig: str, model_id: str) -> ResultRow:
+    """The tidy row of one scored item of ``cell``."""
     lang, task, spec = cell.lang, cell.task, cell.quant
-    return {
-        "model": model_sig.removeprefix("model:"),
-        "quant": spec.label,
-        "method": spec.method,
-        "backend": spec.backend,
-        "calibration": spec.calibration or "",
-        "task": cell.task_label,
-        "task_version": task.version,
-        "kind": task.kind,
-        "metric": task.metric,
-        "higher_is_better": bool(task.higher_is_better),
-        "difficulty": task.difficulty,
-        "lang": lang.code,
-        "script": lang.script,
-        "resource_class": int(lang.resource_class),
-        "family": lang.family,
-        "item_id": str(item.id),
-        "group": item.group if item.group is not None else "",
-        "prompt": scored.prompt,
-        "output": scored.output,
-        "extracted": scored.extracted,
-        "target": scored.target,
-        "score": float(scored.score),
-        "weight": float(scored.weight),
-        "extra": json.dumps(dict(scored.extra), ensure_ascii=False, default=float),
-        "signature": sig,
-    }
+    return ResultRow(
+        model=model_id,
+        quant=spec.label,
+        method=spec.method,
+        backend=spec.backend,
+        calibration=spec.calibration or "",
+        task=cell.task_label,
+        task_version=task.version,
+        kind=task.kind,
+        metric=task.metric,
+        higher_is_better=bool(task.higher_is_better),
+        difficulty=task.difficulty,
+        lang=lang.code,
+        script=lang.script,
+        resource_class=int(lang.resource_class),
+        family=lang.family,
+        item_id=str(item.id),
+        group=item.group if item.group is not None else "",
+        prompt=scored.prompt,
+        output=scored.output,
+        extracted=scored.extracted,
+        target=scored.target,
+        score=float(scored.score),
+        weight=float(scored.weight),
+        extra=json.dumps(dict(scored.extra), ensure_ascii=False, default=float),
+        signature=sig,
+    )
 
 
-def _stored_signature(path: Path) -> str | None:
+def stored_signature(path: Path) -> str | None:
+    """The signature stored in a cell file, or None when the file cannot be read (it is then recomputed)."""
     try:
         import pyarrow.parquet as pq
 

@@ -23,7 +23,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlquant.requests import GenerateRequest, LoglikelihoodRequest, Request, RollingRequest, result_from_json, result_to_json
+from mlquant.errors import ConfigError
+from mlquant.requests import (
+    GenerateRequest,
+    LoglikelihoodRequest,
+    LanguageModel,
+    Request,
+    RollingRequest,
+    result_from_json,
+    result_to_json,
+)
 
 __all__ = ["RequestCache", "CachedModel"]
 
@@ -82,18 +91,26 @@ class CachedModel:
         fingerprint: the model's fingerprint; required when ``model`` is a function.
     """
 
-    def __init__(self, model: Any | Callable[[], Any], cache: RequestCache, fingerprint: str | None = None) -> None:
-        self._model = None if callable(model) and not hasattr(model, "fingerprint") else model
-        self._factory = model if self._model is None else None
+    def __init__(
+        self, model: LanguageModel | Callable[[], LanguageModel], cache: RequestCache, fingerprint: str | None = None
+    ) -> None:
+        self._model: LanguageModel | None = model if isinstance(model, LanguageModel) else None
+        self._factory: Callable[[], LanguageModel] | None = None if isinstance(model, LanguageModel) else model
+        if fingerprint is None:
+            if self._model is None:
+                raise ConfigError("CachedModel: give the fingerprint of the model that the factory will build.")
+            fingerprint = self._model.fingerprint()
         self.cache = cache
-        self.fingerprint = fingerprint or self._model.fingerprint()  # type: ignore[union-attr]
+        self.fingerprint = fingerprint
         self.hits = 0
         self.computed = 0
 
     @property
-    def model(self) -> Any:
+    def model(self) -> LanguageModel:
+        """The model, built by the factory on first use."""
         if self._model is None:
-            assert self._factory is not None
+            if self._factory is None:  # unreachable: __init__ sets one of the two
+                raise ConfigError("CachedModel: neither a model nor a factory.")
             self._model = self._factory()
         return self._model
 

@@ -86,7 +86,7 @@ def run(
     try:
         study = mq.Study.from_yaml(study_file)
         run_dir = out or Path("runs") / study_file.stem
-        frame = study.run(run_dir, progress=not quiet)
+        frame = study.run(run_dir, progress=not quiet).frame
     except MlquantError as exc:
         _fail(exc)
         return
@@ -249,7 +249,7 @@ def demo(
             seed=0,
             name="demo",
         )
-        frame = study.run(out, progress=not quiet)
+        frame = study.run(out, progress=not quiet).frame
     except MlquantError as exc:
         _fail(exc)
         return

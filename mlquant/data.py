@@ -38,11 +38,34 @@ __all__ = [
     "load_rows",
     "available_languages",
     "require",
+    "EVAL_IDS",
+    "CALIBRATION_IDS",
+    "REPORT_IDS",
+    "is_evaluation_id",
 ]
 
 log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hub:"
+
+# The FLORES-200 devtest split, partitioned so that no quantizer is calibrated on a sentence it is scored on (only
+# devtest exists locally; see mlquant.quantize.calibration). Evaluation tasks and calibration both read these.
+#: FLORES-200 devtest ids reserved for evaluation tasks (never sampled for calibration).
+EVAL_IDS = range(1, 813)
+#: FLORES-200 devtest ids that calibration samples from.
+CALIBRATION_IDS = range(813, 1005)
+#: FLORES-200 devtest ids of the held-out report text (layer output errors).
+REPORT_IDS = range(1005, 1013)
+
+
+def is_evaluation_id(sentence_id: int) -> bool:
+    """True for FLORES devtest ids that evaluation may use (``1..812``); False for calibration/report ids.
+
+    Example:
+        >>> is_evaluation_id(5), is_evaluation_id(900)
+        (True, False)
+    """
+    return int(sentence_id) in EVAL_IDS
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,20 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from mlquant._loading import DEFAULT_MODEL, ModelSource, load_pretrained, resolve_source
 from mlquant.errors import ConfigError
-from mlquant.quantize import BASELINES, QuantSpec
 from mlquant.requests import (
     GenerateRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
+    Model,
     RollingRequest,
     RollingResult,
+    cut_at_stop,
 )
+from mlquant.spec import BASELINES, QuantSpec
 
 if TYPE_CHECKING:
     import torch
@@ -37,22 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["Model", "HFModel", "FakeModel", "load_model", "model_fingerprint", "DEFAULT_MODEL"]
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Model(Protocol):
-    """What a task needs from a model."""
-
-    name: str
-
-    def fingerprint(self) -> str:
-        """Identity of the model *including* its quantization: the request cache is keyed by it."""
-
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]: ...
-
-    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]: ...
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]: ...
 
 
 def _digest(obj: Any) -> str:
@@ -105,6 +91,12 @@ class FakeModel:
         self._roll = rolling or (lambda text: -float(len(text.encode("utf-8"))))
         self.calls = 0
         self.requests_seen = 0
+        self.quant_report: Any = None
+
+    @property
+    def n_forward(self) -> int:
+        """Calls answered so far (a scripted model has no forward passes; each call counts as one)."""
+        return self.calls
 
     def fingerprint(self) -> str:
         return _digest({"model": self.name, "quant": self.spec.fingerprint()})
@@ -125,16 +117,7 @@ class FakeModel:
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         self.calls += 1
         self.requests_seen += len(requests)
-        return [_cut_at_stop(self._gen(r.context), r.stop) for r in requests]
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = len(text)
-    for s in stop:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
+        return [cut_at_stop(self._gen(r.context), r.stop) for r in requests]
 
 
 class HFModel:
@@ -191,16 +174,6 @@ class HFModel:
         """A new HFModel sharing tokenizer and source, with other weights and spec (used by quantizers)."""
         return HFModel(torch_model, self.tokenizer, self.source, spec, batch_size=self.batch_size, max_length=self.max_length)
 
-    def save(self, path: str | Any, format: str = "auto") -> Any:
-        """Write this (quantized) model as a checkpoint the ecosystem loads (see :func:`mlquant.quantize.export.save_quantized`).
-
-        Example:
-            >>> mq.quantize(model, "gptq-w4g128").save("out/gemma-gptq")  # doctest: +SKIP
-        """
-        from mlquant.quantize.export import save_quantized
-
-        return save_quantized(self, path, format)
-
     def copy_torch_model(self) -> Any:
         """A deep copy of the torch model, for a quantizer to modify."""
         return copy.deepcopy(self.torch_model)
@@ -217,33 +190,43 @@ class HFModel:
         return self.derive(self.copy_torch_model().to(getattr(torch, dtype)), spec)
 
     # ----- tokenization ---------------------------------------------------------------------------------------------
-    def _prefix_ids(self) -> list[int]:
+    def prefix_ids(self) -> list[int]:
+        """The ids every encoded text starts with: BOS (EOS where the tokenizer has no BOS)."""
         tok = self.tokenizer
         if tok.bos_token_id is not None:
             return [tok.bos_token_id]
         return [tok.eos_token_id]
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` after :meth:`prefix_ids`."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._prefix_ids() + list(ids)
+        return self.prefix_ids() + list(ids)
 
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) of a log-likelihood request, split as lm-eval splits them."""
         # As lm-eval: trailing whitespace of the context belongs to the continuation.
         n_space = len(context) - len(context.rstrip())
         if n_space:
             continuation = context[-n_space:] + continuation
             context = context[:-n_space]
-        ctx = self._encode(context)
-        whole = self._encode(context + continuation)
+        ctx = self.encode(context)
+        whole = self.encode(context + continuation)
         if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
             return ctx, whole[len(ctx) :]
         return ctx, list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
 
     # ----- scoring --------------------------------------------------------------------------------------------------
-    def _body(self) -> Any:
+    def body(self) -> Any:
+        """The decoder stack without the LM head (its forward returns hidden states)."""
         return getattr(self.torch_model, self.torch_model.base_model_prefix)
 
-    def _logprobs_at(self, hidden: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        """One counted forward pass of :meth:`body` on (right-padded) ids; its ``last_hidden_state`` is [batch, seq, d]."""
+        out = self.body()(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+        self.n_forward += 1
+        return out
+
+    def logprobs_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """log-softmax over the vocabulary for hidden states [n, d] (the LM head applied only there)."""
         import torch
 
@@ -259,11 +242,11 @@ class HFModel:
         Requests with the same context form a group: the context runs once and its key/value cache serves every
         continuation of the group. Groups are sorted by context length and batched ``batch_size`` at a time.
         """
-        from mlquant._forward import score_groups
+        from mlquant._forward import Passes, score_groups
 
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
         for i, req in enumerate(requests):
-            ctx, cont = self._encode_pair(req.context, req.continuation)
+            ctx, cont = self.encode_pair(req.context, req.continuation)
             if not cont:
                 raise ConfigError(f"request {i}: the continuation {req.continuation!r} encodes to no tokens.")
             if len(ctx) + len(cont) > self.max_length:
@@ -271,21 +254,34 @@ class HFModel:
                 ctx = ctx[:1] + ctx[len(ctx) - keep + 1 :]
             groups.setdefault(tuple(ctx), []).append((i, cont))
         out: list[LoglikelihoodResult | None] = [None] * len(requests)
-        for idx, result in score_groups(self, groups):
-            out[idx] = result
+        passes = Passes()
+        try:
+            for idx, result in score_groups(self, groups, passes):
+                out[idx] = result
+        finally:
+            self.n_forward += passes.count
         return [r for r in out if r is not None]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
         """log P(text) of each text, every token after BOS scored (disjoint windows of ``max_length``)."""
-        from mlquant._forward import rolling_logprobs
+        from mlquant._forward import Passes, rolling_logprobs
 
-        return rolling_logprobs(self, requests)
+        passes = Passes()
+        try:
+            return rolling_logprobs(self, requests, passes)
+        finally:
+            self.n_forward += passes.count
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Greedy (or seeded nucleus) generation, batched by length, cut at each request's stop sequences."""
-        from mlquant._forward import generate_batched
+        from mlquant._forward import Passes, generate_batched
 
-        return [_cut_at_stop(text, r.stop) for text, r in zip(generate_batched(self, requests), requests)]
+        passes = Passes()
+        try:
+            texts = generate_batched(self, requests, passes)
+        finally:
+            self.n_forward += passes.count
+        return [cut_at_stop(text, r.stop) for text, r in zip(texts, requests)]
 
 
 def load_model(

@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlquant.spec import QuantSpec
 
 __all__ = [
     "LoglikelihoodRequest",
@@ -26,6 +32,9 @@ __all__ = [
     "RollingResult",
     "result_to_json",
     "result_from_json",
+    "cut_at_stop",
+    "LanguageModel",
+    "Model",
 ]
 
 
@@ -125,3 +134,58 @@ def result_from_json(blob: str) -> LoglikelihoodResult | RollingResult | str:
         return str(obj["v"])
     cls = {"LoglikelihoodResult": LoglikelihoodResult, "RollingResult": RollingResult}[obj["t"]]
     return cls(**obj["v"])
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any stop sequence (all of it when none occurs).
+
+    Example:
+        >>> cut_at_stop("42. Question: next", [" Question:"])
+        '42.'
+    """
+    cut = len(text)
+    for s in stop:
+        i = text.find(s) if s else -1
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What a task and the request cache need: lm-eval's ``LM`` contract plus an identity (a judge behind an API
+    is one too)."""
+
+    name: str
+
+    def fingerprint(self) -> str:
+        """Identity of the model *including* its quantization: the request cache is keyed by it."""
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        """log P(continuation | context) of each request."""
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+        """log P(text) of each request's whole text."""
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Generated text of each request, cut at its stop sequences."""
+
+
+@runtime_checkable
+class Model(LanguageModel, Protocol):
+    """What the study runner needs from a model it runs: a :class:`LanguageModel` with its spec and counts.
+
+    Attributes:
+        spec: its quantization spec (a baseline spec such as ``fp32`` for an unquantized model).
+        quant_report: per-layer quantization report (a DataFrame), or None for an unquantized model.
+    """
+
+    spec: QuantSpec
+    quant_report: pd.DataFrame | None
+
+    @property
+    def n_forward(self) -> int:
+        """Forward passes run so far (the runner reports them per study)."""
+
+    def signature(self) -> str:
+        """``model:<id>@<revision>``, the model part of every cell signature."""

@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from mlquant.errors import DataError
 
 __all__ = [
     "COLUMNS",
+    "ResultRow",
     "Results",
     "read_results",
     "write_cell",
@@ -37,34 +39,51 @@ __all__ = [
     "aggregate",
 ]
 
-#: Columns of the tidy results table, in order.
-COLUMNS: tuple[str, ...] = (
-    "model",
-    "quant",
-    "method",
-    "backend",
-    "calibration",
-    "task",
-    "task_version",
-    "kind",
-    "metric",
-    "higher_is_better",
-    "difficulty",
-    "lang",
-    "script",
-    "resource_class",
-    "family",
-    "item_id",
-    "group",
-    "prompt",
-    "output",
-    "extracted",
-    "target",
-    "score",
-    "weight",
-    "extra",
-    "signature",
-)
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of the tidy results table: one item of one cell. Its fields are the columns, in order.
+
+    Attributes:
+        model: ``<model id>@<revision or file hash>``.
+        quant, method, backend, calibration: the quant spec's label and fields (calibration ``""`` for none).
+        task, task_version, kind, metric, higher_is_better, difficulty: the task (``task`` is the study entry's label).
+        lang, script, resource_class, family: the language.
+        item_id, group: the item and its group (``""`` for none).
+        prompt, output, extracted, target: what the model saw and said, the extracted answer and the reference.
+        score, weight: the item's score (NaN for an unscored open-ended item) and its weight in the mean.
+        extra: task-specific values as a JSON object string.
+        signature: the cell's :class:`~mlquant.cells.Signature`, formatted.
+    """
+
+    model: str
+    quant: str
+    method: str
+    backend: str
+    calibration: str
+    task: str
+    task_version: str
+    kind: str
+    metric: str
+    higher_is_better: bool
+    difficulty: str
+    lang: str
+    script: str
+    resource_class: int
+    family: str
+    item_id: str
+    group: str
+    prompt: str
+    output: str
+    extracted: str
+    target: str
+    score: float
+    weight: float
+    extra: str
+    signature: str
+
+
+#: Columns of the tidy results table, in order (the fields of :class:`ResultRow`).
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ResultRow))
 
 
 def safe_name(label: str) -> str:
@@ -90,17 +109,20 @@ def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
             os.unlink(tmp)
 
 
-def write_cell(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def write_cell(path: str | os.PathLike[str], rows: Sequence[ResultRow | Mapping[str, Any]]) -> pd.DataFrame:
     """Write one finished cell atomically (a reader never sees a half-written file).
 
     Raises:
-        DataError: a row lacks one of :data:`COLUMNS`.
+        DataError: a mapping row lacks one of :data:`COLUMNS`.
     """
+    records: list[Mapping[str, Any]] = []
     for i, row in enumerate(rows):
-        missing = [c for c in COLUMNS if c not in row]
+        record = asdict(row) if isinstance(row, ResultRow) else row
+        missing = [c for c in COLUMNS if c not in record]
         if missing:
             raise DataError(f"write_cell({path}): row {i} lacks column {missing[0]!r}.")
-    frame = pd.DataFrame([{c: row[c] for c in COLUMNS} for row in rows], columns=list(COLUMNS))
+        records.append(record)
+    frame = pd.DataFrame([{c: row[c] for c in COLUMNS} for row in records], columns=list(COLUMNS))
     frame["extra"] = frame["extra"].map(lambda e: e if isinstance(e, str) else json.dumps(e, ensure_ascii=False))
     _atomic_parquet(frame, Path(path))
     return frame

@@ -317,7 +317,7 @@ def kl_divergence(
     tok_b, tok_q = baseline.tokenizer, quantized.tokenizer
     if tok_b is not tok_q and tok_b.get_vocab() != tok_q.get_vocab():
         raise ConfigError("kl_divergence: the two models have different vocabularies; KL needs the same tokenizer.")
-    prefix = baseline._prefix_ids()
+    prefix = baseline.prefix_ids()
     max_len = min(baseline.max_length, quantized.max_length)
     step = max_len - len(prefix)
     windows: list[tuple[int, list[int]]] = []
@@ -340,8 +340,7 @@ def kl_divergence(
                 mask[k, : len(toks)] = 1
             hiddens = []
             for model in (baseline, quantized):
-                out = model._body()(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
-                model.n_forward += 1
+                out = model.hidden_states(ids, mask)
                 # Positions 0..len-2 predict the text tokens 1..len-1.
                 hiddens.append(torch.cat([out.last_hidden_state[k, : len(t) - 1] for k, (_, t) in enumerate(chunk)]))
             owner = torch.tensor([i for i, t in chunk for _ in range(len(t) - 1)], dtype=torch.long)
@@ -349,8 +348,8 @@ def kl_divergence(
                 continue
             kl_all = []
             for s in range(0, owner.numel(), chunk_size):
-                lp_b = baseline._logprobs_at(hiddens[0][s : s + chunk_size])
-                lp_q = quantized._logprobs_at(hiddens[1][s : s + chunk_size]).to(lp_b.device)
+                lp_b = baseline.logprobs_at(hiddens[0][s : s + chunk_size])
+                lp_q = quantized.logprobs_at(hiddens[1][s : s + chunk_size]).to(lp_b.device)
                 kl_all.append((lp_b.exp() * (lp_b - lp_q)).sum(dim=-1).double().cpu())
                 del lp_b, lp_q
             kl = torch.cat(kl_all)
@@ -417,7 +416,7 @@ def run_kl(
 
     import pandas as pd
 
-    from mlquant._runner import Runner
+    from mlquant._runner import ModelPool
     from mlquant.results import read_results, write_table
     from mlquant.study import Study
 
@@ -438,7 +437,7 @@ def run_kl(
         raise ConfigError(f"run_kl: quant {unknown[0]!r} is not in the study; it has {labels}.")
     todo = [s for s in study.specs if not s.is_baseline and (quants is None or s.label in quants)]
     done = read_results(root, what="kl")
-    runner = Runner(study, root, progress=False, chunk_items=32)
+    pool = ModelPool(study.model, batch_size=study.batch_size, report_dir=root)
     parts = []
     try:
         base = None
@@ -448,8 +447,8 @@ def run_kl(
             missing = [lang for lang in langs if not (same & (have["lang"] == lang)).any()]
             if missing:
                 if base is None:
-                    base = runner._model_for(study.baseline)
-                model = runner._model_for(spec)
+                    base = pool.get(study.baseline)
+                model = pool.get(spec)
                 new = pd.concat(
                     [flores_kl(base, model, lang, limit=limit, seed=study.seed, batch_size=batch_size, quant=spec.label)
                      for lang in missing],
@@ -458,12 +457,12 @@ def run_kl(
                 # Keep what the file already held (other languages, limits or seeds): nothing computed is lost.
                 have = pd.concat([have, new], ignore_index=True) if len(have) else new
                 write_table(root / "kl" / f"{spec.label}.parquet", have)
-                runner._release()
+                pool.release()
                 log.info("run_kl: %s: %d sentences computed", spec.label, len(new))
                 same = (have["limit"] == limit) & (have["seed"] == study.seed)
             parts.append(have[same & have["lang"].isin(list(langs))])
     finally:
-        runner.close()
+        pool.release()
     if not parts:
         return pd.DataFrame(columns=["quant", "task", "lang", "item_id", "kl", "limit", "seed"])
     return pd.concat(parts, ignore_index=True)

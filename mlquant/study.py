@@ -10,7 +10,8 @@ Example:
     >>> study = mq.Study("gemma3-270m", quant=["fp32", "rtn-w4"], tasks=["xcopa"], languages=["tr", "zh"], limit=20)
     >>> len(study.cells)  # 2 quants x 2 languages; nothing is loaded yet
     4
-    >>> df = study.run("runs/example")  # doctest: +SKIP
+    >>> results = study.run("runs/example")  # doctest: +SKIP
+    >>> df = results.frame  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,23 +21,24 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from mlquant._registry import did_you_mean
 from mlquant.data import data_dir
 from mlquant.errors import ConfigError
 from mlquant.languages import Language, get_language
-from mlquant.quantize import QuantSpec
-from mlquant.results import read_results
+from mlquant.spec import QuantSpec
+from mlquant.cells import Cell, RunStats, Signature, library_versions
 from mlquant.tasks import Task, get_task
+from mlquant.version import __version__
 
-__all__ = ["Study", "Cell", "RunStats"]
+if TYPE_CHECKING:
+    from mlquant.results import Results
+
+__all__ = ["Study", "Cell", "RunStats", "Signature"]
 
 log = logging.getLogger(__name__)
 
@@ -50,51 +52,6 @@ STUDY_KEYS = {
     "batch_size": "rows per forward pass",
     "name": "a name for the study",
 }
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (quant, task, language) of a study.
-
-    ``label`` names the task in the results (the ``task`` column and the cell's file); it is the task's name unless
-    the study gave the entry a ``label`` (needed when one task appears twice, e.g. FLORES in both directions).
-    """
-
-    quant: QuantSpec
-    task: Task
-    lang: Language
-    label: str = ""
-
-    @property
-    def task_label(self) -> str:
-        return self.label or self.task.name
-
-    def describe(self) -> str:
-        return f"{self.quant.label} | {self.task_label} | {self.lang.code}"
-
-
-@dataclass
-class RunStats:
-    """What the last :meth:`Study.run` did."""
-
-    cells_total: int = 0
-    cells_skipped: int = 0
-    cells_computed: int = 0
-    requests_computed: int = 0
-    cache_hits: int = 0
-    forward_passes: int = 0
-    models_loaded: int = 0
-    failed: list[str] = field(default_factory=list)
-
-
-def _versions() -> str:
-    def v(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "none"
-
-    return f"torch:{v('torch')}|transformers:{v('transformers')}"
 
 
 def _expand_quant(entry: Any, where: str) -> list[QuantSpec]:
@@ -192,7 +149,9 @@ class Study:
             raise ConfigError(f"study: quant {labels} has no baseline; add fp32, bf16 or fp16.")
         self.specs.sort(key=lambda s: not s.is_baseline)  # baselines first
         if not isinstance(model, str) and any(not s.is_baseline for s in self.specs):
-            if not hasattr(model, "torch_model"):
+            from mlquant.models import HFModel
+
+            if not isinstance(model, HFModel):
                 raise ConfigError("study: quantized cells need a transformers model (HFModel), not a scripted model.")
         self.languages = self._parse_languages(languages)
         self.task_limits: dict[str, int] = {}
@@ -322,34 +281,52 @@ class Study:
                 check_spec_against_config(spec, config)
 
     # ----- running --------------------------------------------------------------------------------------------------
-    def _signature(self, cell: Cell, model_sig: str) -> str:
-        from mlquant import __version__
+    def signature(self, cell: Cell, model_sig: str) -> Signature:
+        """The signature of ``cell`` when the model's own signature is ``model_sig`` (``model:<id>@<revision>``).
 
-        label = f"|label:{cell.label}" if cell.label else ""  # only custom labels, so older run folders stay valid
-        return (
-            f"mlquant:{__version__}|{model_sig}|quant:{cell.quant.label}|backend:{cell.quant.backend}"
-            f"|calib:{cell.quant.calibration or 'none'}|task:{cell.task.signature()}{label}|lang:{cell.lang.code}"
-            f"|limit:{self.limit_for(cell)}|seed:{self.seed}|{_versions()}"
+        A custom task label enters the signature; the default one does not, so older run folders stay valid.
+        """
+        torch_version, transformers_version = library_versions()
+        return Signature(
+            mlquant=__version__,
+            model=model_sig.removeprefix("model:"),
+            quant=cell.quant.label,
+            backend=cell.quant.backend,
+            calib=cell.quant.calibration or "none",
+            task=cell.task.signature(),
+            label=cell.label,
+            lang=cell.lang.code,
+            limit=str(self.limit_for(cell)),
+            seed=str(self.seed),
+            torch=torch_version,
+            transformers=transformers_version,
         )
 
-    def run(self, run_dir: str | os.PathLike[str], *, progress: bool = True, chunk_items: int = 32) -> pd.DataFrame:
-        """Run every unfinished cell and return the tidy results of the whole run directory.
+    def run(self, run_dir: str | os.PathLike[str], *, progress: bool = True, chunk_items: int = 32) -> Results:
+        """Run every unfinished cell and return the results of the whole run directory.
 
         Args:
             run_dir: folder for study.yaml, the cell Parquet files, quantization reports and the request cache.
             progress: show one progress bar per cell.
             chunk_items: items whose requests go to the model together (and are committed to the cache together).
+
+        Returns:
+            The run's :class:`~mlquant.results.Results` (``.frame`` is the tidy per-item DataFrame).
         """
-        from mlquant._runner import Runner
+        from mlquant._runner import ModelPool, PlannedCell, Runner
+        from mlquant.results import Results
 
         self.check_model_config()
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
         (root / "study.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
-        runner = Runner(self, root, progress=progress, chunk_items=chunk_items)
+        pool = ModelPool(self.model, batch_size=self.batch_size, report_dir=root)
+        model_sig = pool.signature()
+        plan = [PlannedCell(c, self.limit_for(c), self.seed, self.signature(c, model_sig)) for c in self.cells]
+        runner = Runner(pool, plan, root, progress=progress, chunk_items=chunk_items)
         try:
             runner.run()
         finally:
-            self.last_run = runner.stats
             runner.close()
-        return read_results(root)
+            self.last_run = runner.stats
+        return Results.read(root)

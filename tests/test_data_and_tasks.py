@@ -150,6 +150,6 @@ def test_fake_model_end_to_end_mgsm(tmp_path) -> None:
     model = FakeModel(generate=lambda ctx: "… 答えは18です。\n\n問題：")
     df = mq.Study(model, quant=["fp32"], tasks=[{"name": "mgsm", "shots": 0}], languages=["ja"], limit=4).run(
         tmp_path, progress=False
-    )
+    ).frame
     assert (df.output == "… 答えは18です。").all()
     assert df.extracted.tolist() == ["18"] * 4

@@ -16,7 +16,7 @@ def test_gemma_study_end_to_end(tmp_path) -> None:
         languages=["zh", "th"],
         limit=8,
     )
-    df = study.run(tmp_path, progress=False)
+    df = study.run(tmp_path, progress=False).frame
     assert set(df.task) == {"xcopa", "belebele", "flores_ppl"}
     # xcopa: zh th; belebele: zh only (no Thai here); flores_ppl: both
     assert df[df.quant == "fp32"].groupby("task").lang.nunique().to_dict() == {"belebele": 1, "flores_ppl": 2, "xcopa": 2}

@@ -28,7 +28,7 @@ def requests() -> list[LoglikelihoodRequest]:
 
 def full_sequence_logprob(model, req: LoglikelihoodRequest) -> float:
     """Reference: one unbatched forward pass over context + continuation, full logits, log-softmax, sum."""
-    ctx, cont = model._encode_pair(req.context, req.continuation)
+    ctx, cont = model.encode_pair(req.context, req.continuation)
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         lp = torch.log_softmax(model.torch_model(input_ids=ids).logits.double(), dim=-1)[0]
@@ -72,7 +72,7 @@ def test_shared_context_runs_once_per_batch(tiny_llama) -> None:
 def test_is_greedy_matches_argmax(tiny_llama) -> None:
     # Make "A" the argmax after "Hello" deterministically: every LM-head row 0 except A's, set to the last hidden state.
     ctx = "Hello"
-    ids = torch.tensor([tiny_llama._encode(ctx)])
+    ids = torch.tensor([tiny_llama.encode(ctx)])
     a_id = tiny_llama.tokenizer("A", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
         hidden = tiny_llama.torch_model.model(input_ids=ids).last_hidden_state[0, -1]
@@ -86,7 +86,7 @@ def test_is_greedy_matches_argmax(tiny_llama) -> None:
 def test_rolling_equals_full_sequence(tiny_gemma3) -> None:
     text = "The capital of France is Paris. 東京は日本の首都です。"
     res = tiny_gemma3.loglikelihood_rolling([RollingRequest(text), RollingRequest("short")])
-    ids = tiny_gemma3._encode(text)
+    ids = tiny_gemma3.encode(text)
     with torch.no_grad():
         lp = torch.log_softmax(tiny_gemma3.torch_model(input_ids=torch.tensor([ids])).logits.double(), -1)[0]
     ref = sum(float(lp[i, ids[i + 1]]) for i in range(len(ids) - 1))
@@ -99,7 +99,7 @@ def test_generate_is_greedy_and_cut_at_stop(tiny_llama) -> None:
     reqs = [GenerateRequest("Hello", max_new_tokens=12), GenerateRequest("日本", max_new_tokens=12)]
     out = tiny_llama.generate(reqs)
     # greedy: the same as a manual argmax loop
-    ids = tiny_llama._encode("Hello")
+    ids = tiny_llama.encode("Hello")
     for _ in range(12):
         with torch.no_grad():
             ids.append(int(tiny_llama.torch_model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
@@ -196,9 +196,9 @@ def test_encode_pair_keeps_every_character_of_a_continuation_merged_across_the_b
 
     model = HFModel.__new__(HFModel)
     model.tokenizer = MergingTokenizer()
-    model._prefix_ids = lambda: [0]  # BOS
-    assert model._encode("所以我走") == [0, 3, 2, 5]  # the merge: 所 + 以我 + 走
-    ctx, cont = model._encode_pair("所以", "我走")
+    model.prefix_ids = lambda: [0]  # BOS
+    assert model.encode("所以我走") == [0, 3, 2, 5]  # the merge: 所 + 以我 + 走
+    ctx, cont = model.encode_pair("所以", "我走")
     assert ctx == [0, 1] and cont == [4, 5]  # context's own tokens, then 我 走: nothing of the option is lost
-    ctx, cont = model._encode_pair("走", "所以")  # no merge: a plain split of the whole
+    ctx, cont = model.encode_pair("走", "所以")  # no merge: a plain split of the whole
     assert (ctx, cont) == ([0, 5], [1])

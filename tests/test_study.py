@@ -20,7 +20,7 @@ def choice_by_length(ctx: str, cont: str) -> float:
 def test_study_writes_cells_and_reads_tidy_frame(tmp_path) -> None:
     model = FakeModel(loglikelihood=choice_by_length)
     study = mq.Study(model, quant=["fp32"], tasks=["xcopa"], languages=["tr", "zh"], limit=10, seed=1)
-    df = study.run(tmp_path, progress=False)
+    df = study.run(tmp_path, progress=False).frame
     assert list(df.columns) == list(COLUMNS)
     assert len(df) == 20 and set(df.lang) == {"tr", "zh"}
     assert cell_path(tmp_path, "fp32", "xcopa", "tr").is_file()
@@ -48,9 +48,9 @@ def test_second_run_does_no_work(tmp_path) -> None:
 
 def test_second_run_of_real_study_does_zero_forward_passes(tmp_path, tiny_llama_dir) -> None:
     study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w8"], tasks=["xcopa", "flores_ppl"], languages=["tr"], limit=4)
-    first = study.run(tmp_path, progress=False)
+    first = study.run(tmp_path, progress=False).frame
     assert study.last_run.forward_passes > 0 and study.last_run.cells_computed == 4
-    second = study.run(tmp_path, progress=False)
+    second = study.run(tmp_path, progress=False).frame
     assert study.last_run.forward_passes == 0
     assert study.last_run.models_loaded == 0 and study.last_run.cells_skipped == 4
     pd.testing.assert_frame_equal(first, second)
@@ -58,7 +58,7 @@ def test_second_run_of_real_study_does_zero_forward_passes(tmp_path, tiny_llama_
     import shutil
 
     shutil.rmtree(tmp_path / "cells")
-    third = study.run(tmp_path, progress=False)
+    third = study.run(tmp_path, progress=False).frame
     assert study.last_run.forward_passes == 0 and study.last_run.cache_hits > 0
     pd.testing.assert_frame_equal(first, third)
 
@@ -83,14 +83,14 @@ def test_killed_run_resumes_where_it_stopped(tmp_path) -> None:
     assert done == 3 * 10 * 2
     fresh = FakeModel(loglikelihood=choice_by_length)
     study2 = mq.Study(fresh, quant=["fp32"], tasks=["xcopa"], languages=["tr", "zh"], limit=40)
-    df = study2.run(tmp_path, progress=False, chunk_items=10)
+    df = study2.run(tmp_path, progress=False, chunk_items=10).frame
     assert fresh.requests_seen == 80 * 2 - done  # only what was not cached
     assert len(df) == 80
 
 
 def test_quantized_cells_pair_with_baseline_items(tmp_path, tiny_llama_dir) -> None:
     study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w4g32"], tasks=["xcopa"], languages=["zh"], limit=6)
-    df = study.run(tmp_path, progress=False)
+    df = study.run(tmp_path, progress=False).frame
     ids = df.groupby("quant").item_id.apply(lambda s: sorted(s))
     assert ids["fp32"] == ids["rtn-w4g32"]
     rc = mq.stats.relative_change(df, baseline="fp32").to_frame()
@@ -141,7 +141,7 @@ def test_calibration_list_is_an_axis() -> None:
 def test_task_limit_overrides_study_limit(tmp_path) -> None:
     model = FakeModel(loglikelihood=choice_by_length)
     study = mq.Study(model, quant=["fp32"], tasks=[{"name": "xcopa", "limit": 3}, "flores_ppl"], languages=["tr"], limit=5)
-    df = study.run(tmp_path, progress=False)
+    df = study.run(tmp_path, progress=False).frame
     assert df.groupby("task").size().to_dict() == {"flores_ppl": 5, "xcopa": 3}
 
 
@@ -154,7 +154,7 @@ def test_one_task_twice_needs_labels_and_keeps_both(tmp_path) -> None:
         mq.Study(model, quant=["fp32"], tasks=[{"name": "xcopa", "label": "a b"}], languages=["tr"])
     entries[1]["label"] = "flores-xx-en"
     study = mq.Study(model, quant=["fp32"], tasks=entries, languages=["fr"])
-    df = study.run(tmp_path, progress=False)
+    df = study.run(tmp_path, progress=False).frame
     assert df.groupby("task").size().to_dict() == {"flores": 2, "flores-xx-en": 3}
     assert cell_path(tmp_path, "fp32", "flores-xx-en", "fr").is_file()
     assert set(df[df.task == "flores-xx-en"].extra.map(lambda e: __import__("json").loads(e)["direction"])) == {"xx-en"}
@@ -167,7 +167,7 @@ def test_one_task_twice_needs_labels_and_keeps_both(tmp_path) -> None:
 
 def test_flores_ppl_weights_by_bytes(tmp_path) -> None:
     model = FakeModel(rolling=lambda text: -2.0 * len(text.encode()))  # 2 nats per byte
-    df = mq.Study(model, quant=["fp32"], tasks=["flores_ppl"], languages=["ja"], limit=3).run(tmp_path, progress=False)
+    df = mq.Study(model, quant=["fp32"], tasks=["flores_ppl"], languages=["ja"], limit=3).run(tmp_path, progress=False).frame
     import math
 
     assert df.score.tolist() == pytest.approx([2 / math.log(2)] * 3)
@@ -236,7 +236,7 @@ def test_resolved_study_yaml_loads_back_to_the_same_cells(tmp_path) -> None:
     again = mq.Study.from_yaml(path)
     assert [s.fingerprint() for s in again.specs] == [s.fingerprint() for s in study.specs]
     assert [s.label for s in again.specs] == [s.label for s in study.specs]
-    assert [again._signature(c, "m") for c in again.cells] == [study._signature(c, "m") for c in study.cells]
+    assert [again.signature(c, "m") for c in again.cells] == [study.signature(c, "m") for c in study.cells]
     # A resolved spec whose label disagrees with its fields is refused, naming both.
     text = path.read_text().replace("label: rtn-w4g128-asym", "label: rtn-w8", 1)
     path.write_text(text)

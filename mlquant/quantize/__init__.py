@@ -1,9 +1,9 @@
-"""Quantization: frozen specs with stable labels, a registry of methods, and :func:`quantize`.
+"""Quantization: the :class:`Quantizer` protocol, the method modules, and :func:`quantize`.
 
-A :class:`QuantSpec` says *what* to do (method, weight bits, activation bits, group size, symmetry,
-calibration, backend, method options); its :attr:`~QuantSpec.label` (``rtn-w4g128``) names a study cell.
-Specs are validated when built, so a nonsense spec fails before any model is loaded. A quantizer turns
-(model, spec) into a new quantized model; the original is left untouched.
+:func:`quantize` owns the pipeline every method shares: validate the spec, copy the weights (the input model is
+never modified), let the method *transform* the copy, then measure the per-layer report and time it. A method
+writes only its transform (see ``docs/contributing.md``). Specs and the method registry are value objects in the
+leaf module :mod:`mlquant.spec`, re-exported here.
 
 Example:
     >>> from mlquant.quantize import QuantSpec
@@ -14,282 +14,115 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import json
-import re
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from mlquant._registry import Registry, did_you_mean
 from mlquant.errors import ConfigError
+from mlquant.spec import BASELINES, Backend, MethodRules, QuantSpec, get_quantizer, list_methods, register_quantizer
 
 if TYPE_CHECKING:
     from mlquant.models import HFModel
 
-__all__ = ["QuantSpec", "Quantizer", "register_quantizer", "get_quantizer", "list_methods", "quantize", "BASELINES"]
-
-#: Unquantized baselines and their torch dtype names.
-BASELINES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-Backend = Literal["simulate", "native"]
-
-_LABEL = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*?)-w(?P<w>\d+)(?:g(?P<g>\d+))?(?:a(?P<a>\d+))?$")
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """A quantization method and its parameters.
-
-    Attributes:
-        method: registered method name (``none`` for a baseline, ``rtn``, ``gptq``, ...).
-        w_bits: weight bits (None for a baseline).
-        a_bits: activation bits (None: weights only).
-        group_size: weights per quantization group along the input features (None: one scale per output channel).
-        symmetric: symmetric (zero point 0) or asymmetric (min/max) integer grid.
-        calibration: calibration data, e.g. ``"flores:ja:128"`` or a text file path (None: no calibration).
-        backend: ``simulate`` (pure torch, quantize then dequantize) or ``native`` (real kernels).
-        dtype: the compute dtype of the model (``float32``, ``bfloat16``, ``float16``).
-        options: method options (damping, alpha, outlier threshold, ...), validated by the method.
-        name: the label the user asked for, if it differs from the canonical one.
-    """
-
-    method: str
-    w_bits: int | None = None
-    a_bits: int | None = None
-    group_size: int | None = None
-    symmetric: bool = True
-    calibration: str | None = None
-    backend: Backend = "simulate"
-    dtype: str = "float32"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.dtype not in BASELINES.values():
-            raise ConfigError(f"quant spec: dtype {self.dtype!r} is not one of {sorted(BASELINES.values())}.")
-        if self.backend not in ("simulate", "native"):
-            raise ConfigError(f"quant spec: backend {self.backend!r} is not 'simulate' or 'native'.")
-        object.__setattr__(self, "options", dict(self.options))
-        if self.method == "none":
-            if self.w_bits is not None or self.a_bits is not None or self.group_size is not None:
-                raise ConfigError("quant spec: a baseline (method 'none') takes no bits or group size.")
-            return
-        get_quantizer(self.method).validate(self)
-
-    # ----- construction ---------------------------------------------------------------------------------------------
-    @classmethod
-    def parse(cls, label: str, **overrides: Any) -> QuantSpec:
-        """Build a spec from a label such as ``fp32``, ``rtn-w8``, ``rtn-w4g128``, ``gptq-w4g128``, ``fp8-w8a8``.
-
-        Keyword ``overrides`` set any field (``calibration="flores:ja:128"``, ``symmetric=False``) or,
-        for names that are not fields, a method option (``damp=0.01``).
-
-        Raises:
-            ConfigError: the label does not parse or the values are invalid for the method.
-            UnknownNameError: the method is not registered.
-
-        Example:
-            >>> QuantSpec.parse("rtn-w8").label
-            'rtn-w8'
-            >>> QuantSpec.parse("bf16").dtype
-            'bfloat16'
-        """
-        if not isinstance(label, str) or not label:
-            raise ConfigError(f"quant label must be a non-empty string, got {label!r}.")
-        fields = {f for f in cls.__dataclass_fields__ if f not in ("options",)}
-        options = dict(overrides.pop("options", None) or {})
-        for key in list(overrides):
-            if key not in fields:
-                options[key] = overrides.pop(key)
-        if label in BASELINES:
-            if options:
-                raise ConfigError(f"quant spec {label!r}: a baseline takes no options, got {sorted(options)}.")
-            return cls(method="none", dtype=BASELINES[label], **overrides)
-        _load_builtins()  # method modules register their fixed labels (w8a8, bnb-nf4, ...) on import
-        alias = _ALIASES.get(label)
-        if alias is not None:
-            base = dict(alias)
-            base_opts = dict(base.pop("options", {}))
-            base_opts.update(options)
-            base.update(overrides)
-            return cls(options=base_opts, name=label, **base)
-        m = _LABEL.match(label)
-        if m is None:
-            known = list(BASELINES) + list(_ALIASES) + ["<method>-w<bits>[g<group>][a<bits>]"]
-            raise ConfigError(
-                f"cannot parse quant label {label!r}.{did_you_mean(label, list(BASELINES) + list(_ALIASES))}"
-                f" Expected one of: {', '.join(known)}."
-            )
-        parsed: dict[str, Any] = {"method": m["method"], "w_bits": int(m["w"])}
-        if m["g"]:
-            parsed["group_size"] = int(m["g"])
-        if m["a"]:
-            parsed["a_bits"] = int(m["a"])
-        parsed.update(overrides)
-        return cls(options=options, **parsed)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "quant spec") -> QuantSpec:
-        """Build a spec from a mapping with a ``label`` key plus overrides (the study YAML form).
-
-        Raises:
-            ConfigError: naming ``where`` and the bad key.
-        """
-        data = dict(data)
-        label = data.pop("label", None)
-        if label is None:
-            raise ConfigError(f"{where}: missing key 'label' (e.g. label: gptq-w4g128).")
-        try:
-            if "method" not in data:
-                return cls.parse(str(label), **data)
-            # The resolved form written by to_dict (study.yaml of a run): every field spelled out.
-            unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ConfigError(f"unknown key {unknown[0]!r} next to 'method'; expected {sorted(cls.__dataclass_fields__)}.")
-            spec = cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        except TypeError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        if spec.label != label:
-            raise ConfigError(f"{where}: label {label!r} does not match its fields, which give {spec.label!r}.")
-        return spec
-
-    # ----- identity -------------------------------------------------------------------------------------------------
-    @property
-    def is_baseline(self) -> bool:
-        return self.method == "none"
-
-    @property
-    def label(self) -> str:
-        """Stable label: ``fp32``, ``rtn-w4g128``, ``rtn-w4g128-asym``, ``gptq-w4g128@flores:ja:128``."""
-        if self.is_baseline:
-            return {v: k for k, v in BASELINES.items()}[self.dtype]
-        base = self.name or f"{self.method}-w{self.w_bits}" + (f"g{self.group_size}" if self.group_size else "") + (
-            f"a{self.a_bits}" if self.a_bits else ""
-        )
-        quantizer = get_quantizer(self.method)
-        if not self.symmetric and quantizer.default_symmetric:
-            base += "-asym"
-        non_default = {k: v for k, v in self.options.items() if quantizer.option_defaults.get(k) != v}
-        if non_default:
-            base += "-" + "-".join(f"{k}{v}" for k, v in sorted(non_default.items()))
-        if self.calibration:
-            base += f"@{self.calibration}"
-        return base
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, with method options filled with their defaults (for fingerprints and study.yaml)."""
-        opts: dict[str, Any] = {}
-        if not self.is_baseline:
-            opts.update(get_quantizer(self.method).option_defaults)
-        opts.update(self.options)
-        return {
-            "label": self.label,
-            "method": self.method,
-            "w_bits": self.w_bits,
-            "a_bits": self.a_bits,
-            "group_size": self.group_size,
-            "symmetric": self.symmetric,
-            "calibration": self.calibration,
-            "backend": self.backend,
-            "dtype": self.dtype,
-            "options": opts,
-            **({"name": self.name} if self.name else {}),
-        }
-
-    def fingerprint(self) -> str:
-        """A canonical JSON string of :meth:`to_dict` (part of the model fingerprint)."""
-        return json.dumps(self.to_dict(), sort_keys=True, default=str)
-
-    def with_(self, **changes: Any) -> QuantSpec:
-        """A copy with fields changed (validated again)."""
-        return replace(self, **changes)
+__all__ = [
+    "QuantSpec",
+    "Quantizer",
+    "Transformed",
+    "register_quantizer",
+    "get_quantizer",
+    "list_methods",
+    "quantize",
+    "save_quantized",
+    "BASELINES",
+    "Backend",
+]
 
 
-class Quantizer(Protocol):
-    """What a quantization method provides.
+@dataclass
+class Transformed:
+    """What a method's transform returns.
 
     Attributes:
-        name: the method name used in labels.
-        option_defaults: every option the method accepts, with its default (unknown options are rejected).
-        default_symmetric: whether the method's default grid is symmetric (labels mark the other one).
+        torch_model: the quantized torch model (usually the copy it was given, modified in place).
+        records: per-layer values the method measured itself (``weight_rel_err``, ``seconds``,
+            ``bits_per_weight``, ...), keyed by the Linear's name; they become columns of the report.
+        attrs: method-level facts for ``report.attrs`` (what was smoothed, how bitsandbytes loaded).
     """
 
-    name: ClassVar[str]
-    option_defaults: ClassVar[dict[str, Any]]
-    default_symmetric: ClassVar[bool]
-
-    def validate(self, spec: QuantSpec) -> None:
-        """Raise ConfigError naming the key and value if ``spec`` is invalid for this method (no model needed)."""
-
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
-        """Return a quantized copy of ``model`` (the input model is not modified)."""
+    torch_model: Any
+    records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
-_QUANTIZERS: Registry[Quantizer] = Registry("quantization method")
-_ALIASES: dict[str, dict[str, Any]] = {}
-_BUILTIN_MODULES = ("rtn",)
-_loaded = False
+@runtime_checkable
+class Quantizer(MethodRules, Protocol):
+    """A quantization method: the rules of its specs (:class:`~mlquant.spec.MethodRules`) plus its transform.
 
-
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(f"mlquant.quantize.{module}")
-        # Further method modules register themselves when present.
-        for module in ("gptq", "smoothquant", "fp8", "bnb"):
-            try:
-                importlib.import_module(f"mlquant.quantize.{module}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"mlquant.quantize.{module}":
-                    raise
-
-
-def register_quantizer(quantizer: Quantizer, *, aliases: Mapping[str, Mapping[str, Any]] = (), overwrite: bool = False) -> None:
-    """Register a method; ``aliases`` map fixed labels (``smoothquant-w8a8``) to spec fields.
-
-    Example:
-        >>> from mlquant.quantize import list_methods
-        >>> "rtn" in list_methods()
-        True
+    Attributes:
+        copies_weights: whether :func:`quantize` should hand the transform a deep copy of the torch model
+            (False for methods that reload the checkpoint themselves, such as bitsandbytes; they get ``None``).
     """
-    _QUANTIZERS.register(quantizer.name, quantizer, overwrite=overwrite)
-    for alias, fields in dict(aliases).items():
-        _ALIASES[alias] = dict(fields)
 
+    copies_weights: ClassVar[bool]
 
-def get_quantizer(method: str) -> Quantizer:
-    """The registered quantizer called ``method`` (UnknownNameError with suggestions otherwise)."""
-    _load_builtins()
-    return _QUANTIZERS.get(method)
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
+        """Quantize ``torch_model`` (a private copy of ``model``'s weights, or None) and return it with its records.
 
-
-def list_methods() -> list[str]:
-    """Registered method names and fixed labels, e.g. ``['rtn', 'smoothquant-w8a8', ...]``."""
-    _load_builtins()
-    return sorted(set(_QUANTIZERS.names()) | set(_ALIASES) | set(BASELINES))
+        ``model`` is the unquantized input (tokenizer, source, device, dtype); it must not be modified.
+        """
 
 
 def quantize(model: HFModel, spec: QuantSpec | str, **overrides: Any) -> HFModel:
     """Quantize ``model`` with ``spec`` (a QuantSpec or a label) and return the new model.
 
+    The pipeline: validate the spec, copy the weights, transform them with the method, then attach the per-layer
+    report (:func:`mlquant.quantize.report.build_report`) as ``quant_report``. The input model is not modified.
+
     Example:
         >>> import mlquant as mq  # doctest: +SKIP
         >>> q = mq.quantize(mq.load_model("gemma3-270m"), "rtn-w4g128")  # doctest: +SKIP
-        >>> q.spec.label  # doctest: +SKIP
-        'rtn-w4g128'
+        >>> q.spec.label, len(q.quant_report) > 0  # doctest: +SKIP
+        ('rtn-w4g128', True)
     """
     if isinstance(spec, str):
         # A label inherits the model's compute dtype (a bf16 model quantized stays a bf16-compute model).
         if spec not in BASELINES:
-            overrides = {"dtype": getattr(getattr(model, "spec", None), "dtype", "float32"), **overrides}
+            overrides = {"dtype": model.spec.dtype, **overrides}
         spec = QuantSpec.parse(spec, **overrides)
     elif overrides:
         raise ConfigError("quantize(): overrides are only accepted with a label, not with a QuantSpec.")
     if spec.is_baseline:
         return model.to_dtype(spec.dtype)
-    return get_quantizer(spec.method).apply(model, spec)
+    if not model.spec.is_baseline:
+        raise ConfigError(
+            f"quantize(): the model is already quantized ({model.spec.label}); quantize the unquantized model."
+        )
+    quantizer = get_quantizer(spec.method)
+    if not isinstance(quantizer, Quantizer):
+        raise ConfigError(f"quantize(): method {spec.method!r} is registered without a transform(); see docs/contributing.md.")
+    quantizer.validate(spec)
+    from mlquant.quantize.report import build_report
+
+    start = time.perf_counter()
+    work = model.copy_torch_model() if quantizer.copies_weights else None
+    out = quantizer.transform(work, model, spec)
+    out.torch_model.eval()
+    quantized = model.derive(out.torch_model, spec)
+    report = build_report(model, quantized, out.records, seconds=time.perf_counter() - start)
+    report.attrs.update(out.attrs)
+    quantized.quant_report = report
+    return quantized
+
+
+def save_quantized(model: HFModel, path: str | Path, format: str = "auto") -> Path:
+    """Write a (quantized) model as a checkpoint the ecosystem loads; see :mod:`mlquant.quantize.export`.
+
+    Example:
+        >>> from mlquant.quantize import save_quantized  # doctest: +SKIP
+        >>> save_quantized(mq.quantize(model, "gptq-w4g128"), "out/gemma-gptq")  # doctest: +SKIP
+    """
+    from mlquant.quantize.export import save_quantized as _save
+
+    return _save(model, path, format)

@@ -16,7 +16,7 @@ from mlquant.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from mlquant.quantize import QuantSpec
+    from mlquant.spec import QuantSpec
 
 #: Largest finite value of float8 e4m3fn.
 FP8_E4M3_MAX = 448.0
@@ -239,6 +239,19 @@ def install_act_quant(linear: Any, kind: str) -> None:
     setattr(linear, ACT_ATTR, kind)
 
 
+def remove_act_quant(linear: Any) -> None:
+    """Undo :func:`install_act_quant`: drop the activation-quantizing hooks of ``linear`` (other hooks stay).
+
+    torch has no public way to remove a hook by its function once the handle is gone (a deep copy of a model keeps
+    the hooks, not the handles), hence the walk over ``_forward_pre_hooks``.
+    """
+    hooks = linear._forward_pre_hooks
+    for key in [k for k, hook in hooks.items() if isinstance(hook, ActQuant)]:
+        del hooks[key]
+    if hasattr(linear, ACT_ATTR):
+        delattr(linear, ACT_ATTR)
+
+
 def bits_per_weight(fmt: str, bits: int, group_size: int | None, in_features: int, symmetric: bool = True) -> float:
     """Storage bits per weight including scales: 16-bit scales (and ``bits``-bit zero points when asymmetric)
     per group; bitsandbytes formats as stored by bitsandbytes (see docs/quantizers.md)."""
@@ -337,3 +350,22 @@ def run_until_captured(layer: Any, batch: Batch, index: int) -> None:
 
 def stop_forward() -> None:
     raise _Captured()
+
+
+def quantizable_linears(torch_model: Any) -> Iterator[tuple[str, Any]]:
+    """(name, module) of every ``nn.Linear`` inside the decoder layers (not embeddings, not the LM head)."""
+    import torch
+
+    head = torch_model.get_output_embeddings()
+    for name, module in torch_model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not head and ".layers." in f".{name}":
+            yield name, module
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id (else its EOS, else its BOS, else 0)."""
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0

@@ -27,8 +27,9 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlquant.errors import BackendUnavailableError, ConfigError
-from mlquant.quantize import QuantSpec, register_quantizer
-from mlquant.quantize._common import bits_per_weight, check_options
+from mlquant.quantize import Transformed
+from mlquant.quantize._common import bits_per_weight, check_options, quantizable_linears
+from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
     from mlquant.models import HFModel
@@ -67,8 +68,6 @@ def _replace_linears(torch_model: Any, cfg: Any, device: Any) -> dict[str, dict[
     import bitsandbytes as bnb
     import torch
 
-    from mlquant.quantize.rtn import quantizable_linears
-
     records: dict[str, dict[str, Any]] = {}
     for name, lin in list(quantizable_linears(torch_model)):
         start = time.perf_counter()
@@ -106,6 +105,7 @@ class BnbQuantizer:
     """One bitsandbytes format; registered as ``bnb-int8``, ``bnb-nf4``, ``bnb-nf4-dq``, ``bnb-fp4``, ``bnb-fp4-dq``."""
 
     default_symmetric: ClassVar[bool] = True
+    copies_weights: ClassVar[bool] = False
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -132,27 +132,21 @@ class BnbQuantizer:
             raise ConfigError(f"{self.name}: option threshold={threshold!r} must be >= 0.")
         _require_bnb()
 
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
-        from mlquant.quantize.report import build_report
-
-        self.validate(spec)
-        start = time.perf_counter()
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
+        # copies_weights is False: a reload from the checkpoint needs no copy of the float weights.
         load = spec.options.get("load", "auto")
         cfg = bnb_config(self.kind, spec, float(spec.options.get("threshold", 6.0)))
         records: dict[str, dict[str, Any]] = {}
-        torch_model = None
-        if load == "auto" and model.source.gguf_file is None and model.spec.is_baseline:
+        if load == "auto" and model.source.gguf_file is None:
             try:
                 torch_model = _reload(model, cfg, local_files_only=True)
                 load = "reload"
             except OSError as exc:  # no reachable checkpoint (offline, or a model built in memory)
                 log.info("%s: cannot reload %s with BitsAndBytesConfig (%s); replacing its Linear layers instead",
-                            self.name, model.source.model_id, str(exc).splitlines()[0])
+                         self.name, model.source.model_id, str(exc).splitlines()[0])
         if torch_model is not None:
             pass
         elif load == "reload":
-            if not model.spec.is_baseline:
-                raise ConfigError(f"{self.name}: load='reload' needs an unquantized model; use load='replace'.")
             if model.source.gguf_file is not None:
                 raise ConfigError(f"{self.name}: {model.source.model_id} has no transformers checkpoint to reload; "
                                   "use load='replace'.")
@@ -161,11 +155,7 @@ class BnbQuantizer:
             load = "replace"
             torch_model = model.copy_torch_model()
             records = _replace_linears(torch_model, cfg, model.device)
-        torch_model.eval()
-        q = model.derive(torch_model, spec)
-        q.quant_report = build_report(model, q, records, seconds=time.perf_counter() - start)
-        q.quant_report.attrs["load"] = load
-        return q
+        return Transformed(torch_model, records, {"load": load})
 
 
 def _reload(model: HFModel, cfg: Any, local_files_only: bool = False) -> Any:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlquant.data import CALIBRATION_IDS, EVAL_IDS, REPORT_IDS, is_evaluation_id
 from mlquant.errors import ConfigError, DataError
 
 __all__ = [
@@ -56,27 +57,11 @@ __all__ = [
 
 #: Calibration used by GPTQ / SmoothQuant when a spec gives none (its label then carries no ``@...``).
 DEFAULT_CALIBRATION = "flores:en:128"
-#: FLORES-200 devtest ids reserved for evaluation tasks (never sampled for calibration).
-EVAL_IDS = range(1, 813)
-#: FLORES-200 devtest ids that calibration samples from.
-CALIBRATION_IDS = range(813, 1005)
-#: FLORES-200 devtest ids of the held-out report text (layer output errors).
-REPORT_IDS = range(1005, 1013)
 #: Languages of the held-out report text (8 scripts); missing files are skipped.
 REPORT_LANGUAGES = ("en", "de", "ru", "ar", "hi", "ja", "zh", "sw")
 #: Most lines a text-file calibration uses.
 MAX_FILE_TEXTS = 128
 _MAX_N = 100_000
-
-
-def is_evaluation_id(sentence_id: int) -> bool:
-    """True for FLORES devtest ids that evaluation may use (``1..812``); False for calibration/report ids.
-
-    Example:
-        >>> is_evaluation_id(5), is_evaluation_id(900)
-        (True, False)
-    """
-    return int(sentence_id) in EVAL_IDS
 
 
 @dataclass(frozen=True)

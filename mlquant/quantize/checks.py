@@ -5,7 +5,7 @@
 
 Example:
     >>> from types import SimpleNamespace
-    >>> from mlquant.quantize import QuantSpec
+    >>> from mlquant.spec import QuantSpec
     >>> cfg = SimpleNamespace(hidden_size=640, intermediate_size=2048, num_attention_heads=4, head_dim=256)
     >>> check_spec_against_config(QuantSpec.parse("rtn-w4g128"), cfg)
     >>> check_spec_against_config(QuantSpec.parse("rtn-w4g96"), cfg)
@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from mlquant.errors import ConfigError
-from mlquant.quantize import QuantSpec
+from mlquant.spec import QuantSpec
 
 __all__ = ["check_spec_against_config", "linear_input_sizes"]
 

@@ -43,6 +43,7 @@ from mlquant.quantize._common import (
     SMOOTH_ATTR,
     QParams,
     fake_quant_weight,
+    remove_act_quant,
     weight_params,
 )
 
@@ -64,12 +65,12 @@ QUANT_JSON = "mlquant_quant.json"
 
 
 def _meta(model: HFModel) -> dict[str, Any]:
-    import mlquant
+    from mlquant.version import __version__
 
     spec = model.spec
     acts = sorted({getattr(m, ACT_ATTR) for m in model.torch_model.modules() if getattr(m, ACT_ATTR, None)})
     return {
-        "mlquant_version": mlquant.__version__,
+        "mlquant_version": __version__,
         "label": spec.label,
         "spec": spec.to_dict(),
         "model": model.source.model_id,
@@ -91,7 +92,7 @@ def _float_copy(model: HFModel) -> Any:
     import torch
 
     from mlquant.quantize.report import effective_weight
-    from mlquant.quantize.rtn import quantizable_linears
+    from mlquant.quantize._common import quantizable_linears
 
     torch_model = copy.deepcopy(model.torch_model)
     for name, module in list(quantizable_linears(torch_model)):
@@ -104,7 +105,7 @@ def _float_copy(model: HFModel) -> Any:
                     lin.bias.copy_(module.bias.float())
             torch_model.set_submodule(name, lin.to(w.device, dtype=getattr(torch, model.spec.dtype)))
         else:
-            module._forward_pre_hooks.clear()
+            remove_act_quant(module)
     if getattr(torch_model, "hf_quantizer", None) is not None:
         torch_model.hf_quantizer = None
         torch_model.is_quantized = False
@@ -193,7 +194,7 @@ def _save_gptq(model: HFModel, out: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from mlquant.quantize.rtn import quantizable_linears
+    from mlquant.quantize._common import quantizable_linears
 
     spec = model.spec
     bits = int(spec.w_bits or 0)
@@ -271,7 +272,7 @@ def _save_compressed_tensors(model: HFModel, out: Path) -> Path:
         apply_quantization_config,
     )
 
-    from mlquant.quantize.rtn import quantizable_linears
+    from mlquant.quantize._common import quantizable_linears
 
     spec = model.spec
     lins = dict(quantizable_linears(model.torch_model))

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlquant.errors import ConfigError
-from mlquant.quantize import QuantSpec, register_quantizer
+from mlquant.quantize import Transformed
 from mlquant.quantize._common import (
     FP8_E4M3_MAX,
     QPARAMS_ATTR,
@@ -26,7 +26,9 @@ from mlquant.quantize._common import (
     check_options,
     fp8_fake_quant,
     install_act_quant,
+    quantizable_linears,
 )
+from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
     from mlquant.models import HFModel
@@ -40,6 +42,7 @@ class FP8Quantizer:
     name: ClassVar[str] = "fp8"
     option_defaults: ClassVar[dict[str, Any]] = {}
     default_symmetric: ClassVar[bool] = True
+    copies_weights: ClassVar[bool] = True
 
     def validate(self, spec: QuantSpec) -> None:
         if spec.w_bits != 8:
@@ -56,15 +59,9 @@ class FP8Quantizer:
             raise ConfigError(f"fp8: backend {spec.backend!r} is not available; only 'simulate'.")
         check_options(spec, self.option_defaults)
 
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
         import torch
 
-        from mlquant.quantize.report import build_report
-        from mlquant.quantize.rtn import quantizable_linears
-
-        self.validate(spec)
-        start = time.perf_counter()
-        torch_model = model.copy_torch_model()
         records: dict[str, dict[str, Any]] = {}
         for name, lin in quantizable_linears(torch_model):
             t0 = time.perf_counter()
@@ -82,9 +79,7 @@ class FP8Quantizer:
                 "seconds": time.perf_counter() - t0,
                 "bits_per_weight": bits_per_weight("fp8", 8, None, lin.in_features),
             }
-        q = model.derive(torch_model, spec)
-        q.quant_report = build_report(model, q, records, seconds=time.perf_counter() - start)
-        return q
+        return Transformed(torch_model, records)
 
 
 register_quantizer(FP8Quantizer())

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlquant.errors import ConfigError
-from mlquant.quantize import QuantSpec, register_quantizer
+from mlquant.quantize import Transformed
 from mlquant.quantize._common import (
     QPARAMS_ATTR,
     Batch,
@@ -50,12 +50,14 @@ from mlquant.quantize._common import (
     fake_quant_int,
     group_params,
     option,
+    pad_id,
     run_block,
     run_until_captured,
     stop_forward,
     weight_params,
 )
 from mlquant.quantize.calibration import check_calibration
+from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
     import torch
@@ -354,34 +356,20 @@ class GPTQQuantizer:
     name: ClassVar[str] = "gptq"
     option_defaults: ClassVar[dict[str, Any]] = dict(GPTQ_DEFAULTS)
     default_symmetric: ClassVar[bool] = True
+    copies_weights: ClassVar[bool] = True
 
     def validate(self, spec: QuantSpec) -> None:
         validate_gptq_like(spec, self.option_defaults, bits=(2, 8))
         if spec.a_bits is not None:
             raise ConfigError(f"gptq: a_bits={spec.a_bits!r}; GPTQ quantizes weights only (see w8a8-int-gptq).")
 
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
         from mlquant.quantize.calibration import calibration_texts, encode_texts
-        from mlquant.quantize.report import build_report
 
-        self.validate(spec)
-        start = time.perf_counter()
-        torch_model = model.copy_torch_model()
         seed = int(option(spec, self.option_defaults, "seed"))
         texts = calibration_texts(spec.calibration, seed)
         seqs = encode_texts(model.tokenizer, texts, int(option(spec, self.option_defaults, "max_tokens")))
-        records = run_gptq(torch_model, seqs, _pad_id(model.tokenizer), spec)
-        quantized = model.derive(torch_model, spec)
-        quantized.quant_report = build_report(model, quantized, records, seconds=time.perf_counter() - start)
-        return quantized
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
+        return Transformed(torch_model, run_gptq(torch_model, seqs, pad_id(model.tokenizer), spec))
 
 
 def validate_gptq_like(spec: QuantSpec, defaults: dict[str, Any], *, bits: tuple[int, int]) -> None:

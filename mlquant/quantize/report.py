@@ -105,7 +105,7 @@ def reference_weight(original: Any, quantized: Any) -> torch.Tensor:
 
 
 def _linears(torch_model: Any) -> dict[str, Any]:
-    from mlquant.quantize.rtn import quantizable_linears
+    from mlquant.quantize._common import quantizable_linears
 
     return dict(quantizable_linears(torch_model))
 

@@ -15,11 +15,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlquant.errors import ConfigError
-from mlquant.quantize import QuantSpec, register_quantizer
+from mlquant.quantize import Transformed
+from mlquant.quantize._common import quantizable_linears
+from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
     import torch
@@ -86,22 +87,13 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None, symmetric:
     return ((q - zero) * scale).reshape(rows, cols).to(w.dtype)
 
 
-def quantizable_linears(torch_model: Any) -> Iterator[tuple[str, Any]]:
-    """(name, module) of every ``nn.Linear`` inside the decoder layers (not embeddings, not the LM head)."""
-    import torch
-
-    head = torch_model.get_output_embeddings()
-    for name, module in torch_model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module is not head and ".layers." in f".{name}":
-            yield name, module
-
-
 class RTNQuantizer:
     """Round-to-nearest weight quantization (``rtn-w8``, ``rtn-w4``, ``rtn-w4g128``, ``rtn-w4g128-asym``)."""
 
     name: ClassVar[str] = "rtn"
     option_defaults: ClassVar[dict[str, Any]] = {}
     default_symmetric: ClassVar[bool] = True
+    copies_weights: ClassVar[bool] = True
 
     def validate(self, spec: QuantSpec) -> None:
         check_bits(spec)
@@ -116,16 +108,9 @@ class RTNQuantizer:
         if unknown:
             raise ConfigError(f"rtn: unknown option {unknown[0]!r}; RTN takes none.")
 
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
-        import time
-
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
         import torch
 
-        from mlquant.quantize.report import build_report
-
-        start = time.perf_counter()
-        self.validate(spec)
-        torch_model = model.copy_torch_model()
         with torch.no_grad():
             for name, linear in quantizable_linears(torch_model):
                 if spec.group_size and linear.in_features % spec.group_size:
@@ -133,9 +118,7 @@ class RTNQuantizer:
                         f"rtn: group_size={spec.group_size} does not divide in_features={linear.in_features} of {name}."
                     )
                 linear.weight.copy_(fake_quantize(linear.weight, spec.w_bits or 8, spec.group_size, spec.symmetric))
-        quantized = model.derive(torch_model, spec)
-        quantized.quant_report = build_report(model, quantized, seconds=time.perf_counter() - start)
-        return quantized
+        return Transformed(torch_model)
 
 
 register_quantizer(RTNQuantizer())

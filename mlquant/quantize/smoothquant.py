@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlquant.errors import ConfigError
-from mlquant.quantize import QuantSpec, register_quantizer
+from mlquant.quantize import Transformed
 from mlquant.quantize._common import (
     QPARAMS_ATTR,
     SMOOTH_ATTR,
@@ -46,9 +46,12 @@ from mlquant.quantize._common import (
     install_act_quant,
     make_batches,
     option,
+    pad_id,
+    quantizable_linears,
     weight_params,
 )
 from mlquant.quantize.calibration import check_calibration
+from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
     import torch
@@ -95,8 +98,6 @@ def _act_stats(
     used: CPython reuses the address of a freed temporary for the next tensor, so an id-based match depended on the
     allocator's state, i.e. on whatever ran before (71 of 72 Gemma folds after other tests had run)."""
     import torch
-
-    from mlquant.quantize.rtn import quantizable_linears
 
     amax: dict[str, torch.Tensor] = {}
     in_ids: dict[str, Any] = {}
@@ -263,8 +264,6 @@ def quantize_w8a8_weights(torch_model: Any, act: str = "int8") -> dict[str, dict
     """Round every decoder Linear's weight to int8 per output channel and quantize its inputs per token."""
     import torch
 
-    from mlquant.quantize.rtn import quantizable_linears
-
     records: dict[str, dict[str, Any]] = {}
     for name, lin in quantizable_linears(torch_model):
         start = time.perf_counter()
@@ -291,18 +290,13 @@ def _calibration_seqs(model: HFModel, spec: QuantSpec, defaults: dict[str, Any])
     return encode_texts(model.tokenizer, texts, int(option(spec, defaults, "max_tokens")))
 
 
-def _pad(model: HFModel) -> int:
-    from mlquant.quantize.gptq import _pad_id
-
-    return _pad_id(model.tokenizer)
-
-
 class W8A8Quantizer:
     """``w8a8``: int8 per-channel weights, int8 per-token dynamic activations, no smoothing, no calibration."""
 
     name: ClassVar[str] = "w8a8"
     option_defaults: ClassVar[dict[str, Any]] = {}
     default_symmetric: ClassVar[bool] = True
+    copies_weights: ClassVar[bool] = True
 
     def validate(self, spec: QuantSpec) -> None:
         _check_w8a8(spec)
@@ -310,16 +304,8 @@ class W8A8Quantizer:
         if spec.calibration is not None:
             raise ConfigError("w8a8: calibration is not used (activations are scaled per token); remove it.")
 
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
-        from mlquant.quantize.report import build_report
-
-        self.validate(spec)
-        start = time.perf_counter()
-        torch_model = model.copy_torch_model()
-        records = quantize_w8a8_weights(torch_model)
-        q = model.derive(torch_model, spec)
-        q.quant_report = build_report(model, q, records, seconds=time.perf_counter() - start)
-        return q
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
+        return Transformed(torch_model, quantize_w8a8_weights(torch_model))
 
 
 class SmoothQuantQuantizer:
@@ -328,6 +314,7 @@ class SmoothQuantQuantizer:
     name: ClassVar[str] = "smoothquant"
     option_defaults: ClassVar[dict[str, Any]] = dict(SMOOTH_DEFAULTS)
     default_symmetric: ClassVar[bool] = True
+    copies_weights: ClassVar[bool] = True
 
     def validate(self, spec: QuantSpec) -> None:
         _check_w8a8(spec)
@@ -337,22 +324,13 @@ class SmoothQuantQuantizer:
         check_range(spec, "seed", 0, 2**63 - 1)
         check_calibration(spec.calibration)
 
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
-        from mlquant.quantize.report import build_report
-
-        self.validate(spec)
-        start = time.perf_counter()
-        torch_model = model.copy_torch_model()
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
         seqs = _calibration_seqs(model, spec, self.option_defaults)
         smoothed = smooth_model(
-            torch_model, seqs, _pad(model), float(option(spec, self.option_defaults, "alpha")),
+            torch_model, seqs, pad_id(model.tokenizer), float(option(spec, self.option_defaults, "alpha")),
             bool(option(spec, self.option_defaults, "smooth_out_proj")),
         )
-        records = quantize_w8a8_weights(torch_model)
-        q = model.derive(torch_model, spec)
-        q.quant_report = build_report(model, q, records, seconds=time.perf_counter() - start)
-        q.quant_report.attrs["smoothing"] = smoothed
-        return q
+        return Transformed(torch_model, quantize_w8a8_weights(torch_model), {"smoothing": smoothed})
 
 
 class W8A8GPTQQuantizer:
@@ -360,6 +338,7 @@ class W8A8GPTQQuantizer:
 
     name: ClassVar[str] = "w8a8-int-gptq"
     default_symmetric: ClassVar[bool] = True
+    copies_weights: ClassVar[bool] = True
 
     @property
     def option_defaults(self) -> dict[str, Any]:  # type: ignore[override]
@@ -374,24 +353,17 @@ class W8A8GPTQQuantizer:
         validate_gptq_like(spec, self.option_defaults, bits=(8, 8))
         check_range(spec, "alpha", 0.0, 1.0)
 
-    def apply(self, model: HFModel, spec: QuantSpec) -> HFModel:
+    def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
         from mlquant.quantize.gptq import run_gptq
-        from mlquant.quantize.report import build_report
 
-        self.validate(spec)
-        start = time.perf_counter()
         defaults = self.option_defaults
-        torch_model = model.copy_torch_model()
         seqs = _calibration_seqs(model, spec, defaults)
+        pad = pad_id(model.tokenizer)
         smoothed = smooth_model(
-            torch_model, seqs, _pad(model), float(option(spec, defaults, "alpha")),
-            bool(option(spec, defaults, "smooth_out_proj")),
+            torch_model, seqs, pad, float(option(spec, defaults, "alpha")), bool(option(spec, defaults, "smooth_out_proj"))
         )
-        records = run_gptq(torch_model, seqs, _pad(model), spec, after_linear=lambda m: install_act_quant(m, "int8"))
-        q = model.derive(torch_model, spec)
-        q.quant_report = build_report(model, q, records, seconds=time.perf_counter() - start)
-        q.quant_report.attrs["smoothing"] = smoothed
-        return q
+        records = run_gptq(torch_model, seqs, pad, spec, after_linear=lambda m: install_act_quant(m, "int8"))
+        return Transformed(torch_model, records, {"smoothing": smoothed})
 
 
 register_quantizer(W8A8Quantizer(), aliases={"w8a8": {"method": "w8a8", "w_bits": 8, "a_bits": 8}})

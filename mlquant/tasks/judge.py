@@ -51,6 +51,7 @@ from mlquant.requests import (
     Request,
     RollingRequest,
     RollingResult,
+    cut_at_stop,
 )
 from mlquant.tasks import Item, ItemScore, Task, register_task
 from mlquant.tasks.confusion import Template, format_prompt
@@ -58,7 +59,7 @@ from mlquant.tasks.confusion import Template, format_prompt
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlquant.models import Model
+    from mlquant.requests import LanguageModel as Model
 
 __all__ = [
     "JUDGE_TEMPLATE",
@@ -569,8 +570,6 @@ class OpenAIChatModel:
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """One chat completion per request (sequential), cut at the request's stop sequences."""
-        from mlquant.models import _cut_at_stop
-
         out = []
         for req in requests:
             self.calls += 1
@@ -579,7 +578,7 @@ class OpenAIChatModel:
                 text = reply["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):
                 raise ConfigError(f"OpenAIChatModel: unexpected reply from {self.endpoint}: {str(reply)[:300]}") from None
-            out.append(_cut_at_stop(str(text), req.stop))
+            out.append(cut_at_stop(str(text), req.stop))
         return out
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
