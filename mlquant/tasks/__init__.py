@@ -14,29 +14,38 @@ Example:
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import pkgutil
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
 
 from mlquant._registry import Registry
 from mlquant.data import HubSource, available_languages, load_rows
 from mlquant.errors import ConfigError
 from mlquant.languages import Language, get_language
-from mlquant.requests import GenerateRequest, LoglikelihoodRequest, Request, RollingRequest
+from mlquant.requests import LoglikelihoodRequest, Request
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
+    "CellRows",
+    "ChoiceTask",
+    "CorpusScore",
+    "CorpusScores",
+    "Difficulty",
     "Item",
     "ItemScore",
     "Task",
-    "ChoiceTask",
     "TaskKind",
-    "Difficulty",
-    "register_task",
+    "cell_records",
     "get_task",
     "list_tasks",
+    "register_task",
 ]
 
 TaskKind = Literal["choice", "generate", "perplexity"]
@@ -79,6 +88,148 @@ class ItemScore:
     target: str
     weight: float = 1.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CorpusScore:
+    """One corpus-level metric of one cell, computed from all of its items at once (not a mean of item scores).
+
+    Attributes:
+        metric: the metric's name (``chrf++``, ``spbleu``, ``lcpr``).
+        value: the score; NaN where it cannot be computed here or is undefined, and then ``note`` says why.
+        signature: what produced it (sacrebleu's signature, the task's), ``""`` when it was not computed.
+        n: the number of items it was computed on.
+        note: why the value is NaN, or how to read it.
+
+    Example:
+        >>> CorpusScore("lcpr", 2 / 3, "confusion@1.0", 10).n
+        10
+    """
+
+    metric: str
+    value: float
+    signature: str
+    n: int
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ConfigError(f"CorpusScore: metric={self.metric!r}; expected a non-empty string.")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
+            raise ConfigError(f"CorpusScore {self.metric}: value={self.value!r}; expected a number.")
+        if not isinstance(self.signature, str) or not isinstance(self.note, str):
+            raise ConfigError(f"CorpusScore {self.metric}: signature and note must be strings.")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
+            raise ConfigError(f"CorpusScore {self.metric}: n={self.n!r}; expected an integer >= 0.")
+
+
+@dataclass(frozen=True)
+class CorpusScores(Mapping[str, float | str]):
+    """The corpus-level metrics of one cell (:meth:`Task.aggregate`): :attr:`scores`, one :class:`CorpusScore` each.
+
+    It also reads as sacrebleu-style ``{metric: value, "<metric>_signature": signature}`` (what
+    :func:`mlquant.tasks.flores.corpus_scores` returns). Empty (falsy) for a task without corpus metrics.
+
+    Example:
+        >>> scores = CorpusScores((CorpusScore("lpr", 0.5, "sig", 4), CorpusScore("lcpr", 2 / 3, "sig", 4)))
+        >>> round(scores["lcpr"], 4), scores["lpr_signature"], len(scores.scores), bool(CorpusScores())
+        (0.6667, 'sig', 2, False)
+    """
+
+    scores: tuple[CorpusScore, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(s, CorpusScore) for s in self.scores):
+            raise ConfigError("CorpusScores: expected a tuple of CorpusScore.")
+        metrics = [s.metric for s in self.scores]
+        if len(set(metrics)) != len(metrics):
+            raise ConfigError(f"CorpusScores: a metric appears twice in {metrics}.")
+
+    def __getitem__(self, key: str) -> float | str:
+        for s in self.scores:
+            if key == s.metric:
+                return s.value
+            if key == f"{s.metric}_signature":
+                return s.signature
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        for s in self.scores:
+            yield s.metric
+            yield f"{s.metric}_signature"
+
+    def __len__(self) -> int:
+        return 2 * len(self.scores)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per metric: ``metric``, ``value``, ``signature``, ``n``, ``note``."""
+        import pandas as pd
+
+        return pd.DataFrame([vars(s) for s in self.scores], columns=["metric", "value", "signature", "n", "note"])
+
+
+#: The rows of one cell, as :meth:`Task.aggregate` takes them: a tidy results frame (columns of
+#: :data:`mlquant.results.COLUMNS`), one mapping per row, or the cell's :class:`ItemScore` objects.
+CellRows = Union["pd.DataFrame", Sequence[Mapping[str, Any]], Sequence[ItemScore]]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def cell_records(rows: CellRows, lang: Language | str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of ONE cell as dicts with ``extra`` decoded, and the cell's language code.
+
+    ``lang`` (a code or Language) wins; else the rows' ``lang`` column, which must hold one language. Every record
+    gets ``lang`` when it is known. :class:`ItemScore` rows become ``{score, prompt, output, extracted, target,
+    weight, extra}``.
+
+    Raises:
+        ConfigError: the rows span more than one language, quant or task (they are not one cell), or are not rows.
+
+    Example:
+        >>> records, lang = cell_records([{"lang": "ja", "extra": '{"line_pass": true}', "score": 1.0}])
+        >>> lang, records[0]["extra"]
+        ('ja', {'line_pass': True})
+    """
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):
+        raw: list[Mapping[str, Any]] = [{str(k): v for k, v in r.items()} for r in rows.to_dict("records")]
+    else:
+        raw = []
+        for i, row in enumerate(rows):
+            if isinstance(row, ItemScore):
+                raw.append({"score": row.score, "prompt": row.prompt, "output": row.output, "extracted": row.extracted,
+                            "target": row.target, "weight": row.weight, "extra": row.extra})
+            elif isinstance(row, Mapping):
+                raw.append(row)
+            else:
+                raise ConfigError(f"cell rows: row {i} is a {type(row).__name__}; expected a mapping or an ItemScore.")
+    for column in ("quant", "task"):
+        values = {str(r[column]) for r in raw if not _missing(r.get(column))}
+        if len(values) > 1:
+            raise ConfigError(f"cell rows: the rows of one cell have one {column}; these have {sorted(values)}.")
+    if lang is not None:
+        code: str | None = lang if isinstance(lang, str) else lang.code
+    else:
+        langs = {str(r["lang"]) for r in raw if not _missing(r.get("lang"))}
+        if len(langs) > 1:
+            raise ConfigError(f"cell rows: the rows of one cell have one language; these have {sorted(langs)}.")
+        code = langs.pop() if langs else None
+    records = []
+    for i, row in enumerate(raw):
+        extra = row.get("extra")
+        if isinstance(extra, str) and extra:
+            try:
+                extra = json.loads(extra)
+            except ValueError as exc:
+                raise ConfigError(f"cell rows: row {i} has an 'extra' that is not JSON: {extra[:80]!r}.") from exc
+        record = {**row, "extra": dict(extra) if isinstance(extra, Mapping) else {}}
+        if code is not None:
+            record["lang"] = code
+        records.append(record)
+    return records, code
 
 
 class Task(ABC):
@@ -168,6 +319,25 @@ class Task(ABC):
     @abstractmethod
     def score(self, item: Item, lang: Language, outputs: Sequence[Any]) -> ItemScore:
         """Score ``item`` from the model's answers to :meth:`requests` (same order)."""
+
+    def aggregate(self, rows: CellRows, lang: Language | str | None = None) -> CorpusScores:
+        """Corpus-level metrics of ONE cell from all of its rows at once (corpus BLEU, LCPR): not means of item scores.
+
+        The mean of the per-item scores is not here (it is :func:`mlquant.results.aggregate`). Tasks with corpus
+        metrics override this; the report shows what it returns for every cell.
+
+        Args:
+            rows: the cell's rows (:data:`CellRows`: a tidy results frame, dicts, or :class:`ItemScore` objects).
+            lang: the cell's language; default: the rows' ``lang``.
+
+        Returns:
+            The metrics; empty (the default) for a task that has none.
+
+        Example:
+            >>> get_task("xcopa").aggregate([{"lang": "tr", "score": 1.0}])
+            CorpusScores(scores=())
+        """
+        return CorpusScores()
 
     def options(self) -> dict[str, Any]:
         """The options that change prompts or scoring (recorded in the signature)."""

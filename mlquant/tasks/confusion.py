@@ -22,7 +22,8 @@ The benchmark identifies lines with fastText ``lid.176.bin`` (a 126 MB download)
 ``lid.176.ftz``). See ``docs/tasks.md`` for how lingua's verdicts differ from fastText's.
 
 The per-item score is 1.0 / 0.0 for the line-level pass (NaN for a skipped completion); word-level pass and the
-line details are kept in ``extra``. Task-level LPR / WPR / LCPR come from :func:`confusion_scores`.
+line details are kept in ``extra``. Task-level LPR / WPR / LCPR come from :func:`confusion_scores` (any grouping)
+and, per cell, from the task hook :meth:`LanguageConfusion.aggregate` (what ``mlquant report`` shows).
 
 Example:
     >>> lines = "Das ist ein ganz normaler deutscher Satz.\\nThis line however is written in English."
@@ -49,7 +50,7 @@ from mlquant.data import data_dir, local_file, require
 from mlquant.errors import ConfigError, DataError
 from mlquant.languages import Language
 from mlquant.requests import GenerateRequest, Request
-from mlquant.tasks import Item, ItemScore, Task, register_task
+from mlquant.tasks import CellRows, CorpusScore, CorpusScores, Item, ItemScore, Task, cell_records, register_task
 from mlquant.tasks._lid import (
     LCB_LANGUAGES,
     DetectorLike,
@@ -67,19 +68,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LCB_LANGUAGES",
-    "WPR_LANGUAGES",
     "SUBSETS",
+    "WPR_LANGUAGES",
+    "CompletionCheck",
+    "FastTextDetector",
+    "LanguageConfusion",
     "LanguageDetector",
     "LinguaDetector",
-    "FastTextDetector",
-    "CompletionCheck",
-    "LanguageConfusion",
     "check_completion",
+    "confusion_scores",
+    "english_words",
+    "format_prompt",
     "lcb_normalize",
     "lcb_tokenize",
-    "english_words",
-    "confusion_scores",
-    "format_prompt",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def lcb_tokenize(line: str, lang: str) -> list[str]:
             pass
     elif lang == "ja":
         try:
-            return _mecab().parse(line).split()
+            return [str(t) for t in _mecab().parse(line).split()]
         except (ImportError, RuntimeError):
             pass
     else:
@@ -441,6 +442,37 @@ class LanguageConfusion(Task):
             },
         )
 
+    def aggregate(self, rows: CellRows, lang: Language | str | None = None) -> CorpusScores:
+        """LPR, WPR and LCPR of one cell, as the benchmark computes them (:func:`confusion_scores`, macro over sub-sets).
+
+        Fractions in [0, 1], computed from the line- and word-level verdicts in the rows' ``extra``. LCPR is the
+        harmonic mean of LPR and WPR (Marchisio et al. 2024); for a language without WPR (Latin script) WPR is NaN
+        and LCPR equals LPR. ``n`` is the number of scored (not skipped) completions.
+
+        Example:
+            >>> rows = [{"lang": "ja", "extra": {"skipped": False, "line_pass": True, "word_pass": True}},
+            ...         {"lang": "ja", "extra": {"skipped": False, "line_pass": False, "word_pass": None}}]
+            >>> scores = LanguageConfusion().aggregate(rows)
+            >>> scores["lpr"], scores["wpr"], round(scores["lcpr"], 4), scores.scores[0].n
+            (0.5, 1.0, 0.6667, 2)
+        """
+        records, code = cell_records(rows, lang)
+        if not records:
+            return CorpusScores()
+        if code is None:
+            raise ConfigError("confusion: aggregate needs the cell's language: give lang= or rows with a 'lang' column.")
+        row = confusion_scores(records, by=[]).iloc[0]
+        n = int(row["n_scored"])
+        signature = f"{self.signature()}|average:subset"
+        has_wpr = code in WPR_LANGUAGES
+        return CorpusScores((
+            CorpusScore("lpr", float(row["lpr"]), signature, n),
+            CorpusScore("wpr", float(row["wpr"]), signature if has_wpr else "", n,
+                        note="" if has_wpr else f"the benchmark has no word-level check for {code!r}"),
+            CorpusScore("lcpr", float(row["lcpr"]), signature, n,
+                        note="harmonic mean of LPR and WPR" if has_wpr else "= LPR (no WPR for this language)"),
+        ))
+
 
 def _local_languages(benchmark: str, subset: str, source: str | None) -> list[str]:
     root = Path(source) if source is not None else data_dir()
@@ -454,7 +486,8 @@ def _extra(value: Any) -> Mapping[str, Any]:
     if isinstance(value, Mapping):
         return value
     if isinstance(value, str) and value:
-        return json.loads(value)
+        decoded = json.loads(value)
+        return decoded if isinstance(decoded, Mapping) else {}
     return {}
 
 
@@ -463,7 +496,7 @@ def _records(data: Any) -> list[dict[str, Any]]:
     import pandas as pd
 
     if isinstance(data, pd.DataFrame):
-        rows = data.to_dict("records")
+        rows = [{str(k): v for k, v in r.items()} for r in data.to_dict("records")]
     else:
         rows = []
         for obj in data:
@@ -573,7 +606,7 @@ def confusion_scores(
             lpr = sum(p["lpr"] for p in parts) / len(parts)
             wpr = math.nan if lang not in WPR_LANGUAGES else sum(p["wpr"] for p in parts) / len(parts)
         n_scored = sum(1 for r in rows if not r["skipped"])
-        out.append({**dict(zip(by, key)), "n": len(rows), "n_scored": n_scored, "lpr": lpr, "wpr": wpr,
+        out.append({**dict(zip(by, key, strict=True)), "n": len(rows), "n_scored": n_scored, "lpr": lpr, "wpr": wpr,
                     "lcpr": _lcpr(lpr, wpr)})
     return pd.DataFrame(out, columns=[*by, "n", "n_scored", "lpr", "wpr", "lcpr"])
 

@@ -3,10 +3,11 @@
 ``flores`` translates between English and the language (``direction="en-xx"`` or ``"xx-en"``), greedy, one line,
 and scores each sentence by chrF++ (the per-item score, so statistics pair by item) and the corpus by spBLEU
 (sacrebleu ``BLEU(tokenize="flores200")``) and chrF++ (``CHRF(word_order=2)``), each with its sacrebleu signature
-(:func:`corpus_scores`, :meth:`Flores.aggregate`). sacrebleu's ``flores200`` tokenizer needs ``sentencepiece`` and
-a SentencePiece model it downloads on first use; :func:`flores200_status` says whether it can run here, and
-without it spBLEU raises :class:`~mlquant.errors.BackendUnavailableError` (plain BLEU with another tokenizer is
-available under the name ``bleu``).
+(:func:`corpus_scores`; per cell, from its result rows: the task hook :meth:`Flores.aggregate`). sacrebleu's
+``flores200`` tokenizer needs ``sentencepiece`` and a SentencePiece model it downloads on first use;
+:func:`flores200_status` says whether it can run here. Without it :func:`corpus_scores` raises
+:class:`~mlquant.errors.BackendUnavailableError` and :meth:`Flores.aggregate` gives spBLEU as NaN with the reason
+(plain BLEU with another tokenizer is available under the name ``bleu``).
 
 ``flores_ppl`` scores each sentence by bits per byte, ``-log2 P(sentence) / UTF-8 bytes``: independent of
 the tokenizer, comparable across languages, and still informative on a model too small to beat chance on
@@ -23,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +34,7 @@ from mlquant.data import HubSource, require
 from mlquant.errors import BackendUnavailableError, ConfigError, DataError
 from mlquant.languages import SACREBLEU_TOKENIZERS, Language, get_language
 from mlquant.requests import GenerateRequest, Request, RollingRequest
-from mlquant.tasks import Item, ItemScore, Task, register_task
+from mlquant.tasks import CellRows, CorpusScore, CorpusScores, Item, ItemScore, Task, cell_records, register_task
 
 #: openlanguagedata/flores_plus renamed a few FLORES-200 codes.
 FLORES_PLUS_CODES = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant"}
@@ -62,8 +64,8 @@ class FloresTask(Task):
 
     def load_items(self, lang: Language) -> list[Item]:
         """Sentences with ids 1-812 only: ids 813-1012 are held out as calibration data for the quantizers
-        (:mod:`mlquant.quantize.calibration`), so no quantizer is calibrated on a sentence it is scored on."""
-        from mlquant.quantize.calibration import is_evaluation_id
+        (:data:`mlquant.data.CALIBRATION_IDS`), so no quantizer is calibrated on a sentence it is scored on."""
+        from mlquant.data import is_evaluation_id
 
         items = []
         for row in self.rows(lang):
@@ -164,6 +166,29 @@ def _bleu_key(tokenize: str) -> str:
     return "spbleu" if tokenize == SPBLEU_TOKENIZER else "bleu"
 
 
+def _corpus_metrics(hyps: list[str], refs: list[str], tokenize: str, *, strict: bool) -> CorpusScores:
+    """chrF++ and BLEU with ``tokenize`` of one corpus; a BLEU that cannot run here raises (``strict``) or is NaN."""
+    import sacrebleu
+
+    n = len(hyps)
+    chrf = sacrebleu.CHRF(word_order=2)
+    chrf_score = CorpusScore("chrf++", float(chrf.corpus_score(hyps, [refs]).score), str(chrf.get_signature()), n)
+    key = _bleu_key(tokenize)
+    reason = flores200_status() if tokenize == SPBLEU_TOKENIZER and not strict else None
+    if reason is None:  # no known obstacle: try (sacrebleu may still fail, e.g. on its first-use download)
+        try:
+            bleu = _bleu_metric(tokenize)
+        except BackendUnavailableError as exc:
+            if strict:
+                raise
+            reason = str(exc)
+    if reason is not None:
+        bleu_score = CorpusScore(key, math.nan, "", n, note=f"not computed: {reason}")
+    else:
+        bleu_score = CorpusScore(key, float(bleu.corpus_score(hyps, [refs]).score), str(bleu.get_signature()), n)
+    return CorpusScores((bleu_score, chrf_score))
+
+
 def corpus_scores(
     hypotheses: Sequence[str], references: Sequence[str], lang: Language | str, *, bleu_tokenize: str = SPBLEU_TOKENIZER
 ) -> dict[str, float | str]:
@@ -190,24 +215,13 @@ def corpus_scores(
         >>> round(s["bleu"], 2), round(s["chrf++"], 2)
         (100.0, 100.0)
     """
-    import sacrebleu
-
     language = get_language(lang)
     if len(hypotheses) != len(references):
         raise ConfigError(f"corpus_scores: {len(hypotheses)} hypotheses but {len(references)} references.")
     if not hypotheses:
         raise ConfigError("corpus_scores: no segments to score.")
     tokenize = language.sacrebleu_tokenizer if bleu_tokenize == "language" else bleu_tokenize
-    hyps, refs = [str(h) for h in hypotheses], [[str(r) for r in references]]
-    bleu = _bleu_metric(tokenize)
-    chrf = sacrebleu.CHRF(word_order=2)
-    key = _bleu_key(tokenize)
-    return {
-        key: float(bleu.corpus_score(hyps, refs).score),
-        f"{key}_signature": str(bleu.get_signature()),
-        "chrf++": float(chrf.corpus_score(hyps, refs).score),
-        "chrf++_signature": str(chrf.get_signature()),
-    }
+    return dict(_corpus_metrics([str(h) for h in hypotheses], [str(r) for r in references], tokenize, strict=True))
 
 
 def sentence_chrf(hypothesis: str, reference: str) -> tuple[float, str]:
@@ -350,7 +364,7 @@ class Flores(FloresTask):
 
     def score(self, item: Item, lang: Language, outputs: Sequence[Any]) -> ItemScore:
         output = str(outputs[0])
-        hypothesis = output.strip().split("\n", 1)[0].strip() if output.strip() else ""
+        hypothesis = _hypothesis(output)
         target = item.data["target"]
         chrf, signature = sentence_chrf(hypothesis, target)
         return ItemScore(
@@ -362,19 +376,38 @@ class Flores(FloresTask):
             extra={"chrf++_signature": signature, "direction": self.direction},
         )
 
-    def aggregate(self, scores: Sequence[ItemScore], lang: Language | str) -> dict[str, float | str]:
-        """Corpus-level spBLEU and chrF++ (with signatures) of scored items, from their hypotheses and references.
+    def aggregate(self, rows: CellRows, lang: Language | str | None = None) -> CorpusScores:
+        """Corpus-level chrF++ and spBLEU (BLEU with another ``bleu_tokenize``) of one cell, with their signatures.
 
-        ``lang`` is the language of the task cell; the metrics are computed in the target language of
-        :attr:`direction` (English for ``xx-en``).
+        Hypotheses are the rows' ``extracted`` answers (else the first line of ``output``), references their
+        ``target``s, in the target language of the rows' ``direction`` (``extra``; default :attr:`direction`):
+        the cell's language for ``en-xx``, English for ``xx-en``. Where spBLEU cannot run here (no flores200
+        SentencePiece model, :func:`flores200_status`) its value is NaN and its ``note`` says why.
+
+        Example:
+            >>> rows = [{"lang": "fr", "extracted": "Le chat.", "target": "Le chat.", "extra": '{"direction": "en-xx"}'}]
+            >>> Flores(bleu_tokenize="13a").aggregate(rows)["chrf++"]
+            100.0
         """
-        src_lang, tgt_lang = self._sides(get_language(lang))
-        return corpus_scores(
-            [s.extracted for s in scores],
-            [s.target for s in scores],
-            tgt_lang,
-            bleu_tokenize=tgt_lang.sacrebleu_tokenizer if self.bleu_tokenize == "language" else self.bleu_tokenize,
-        )
+        records, code = cell_records(rows, lang)
+        if not records:
+            return CorpusScores()
+        if code is None:
+            raise ConfigError("flores: aggregate needs the cell's language: give lang= or rows with a 'lang' column.")
+        directions = {str(r["extra"].get("direction", self.direction)) for r in records}
+        if len(directions) > 1:
+            raise ConfigError(f"flores: the rows of one cell have one direction; these have {sorted(directions)}.")
+        target = get_language("en") if directions == {"xx-en"} else get_language(code)
+        hyps = [r["extracted"] if isinstance(r.get("extracted"), str) else _hypothesis(str(r.get("output") or ""))
+                for r in records]
+        refs = [r["target"] if isinstance(r.get("target"), str) else "" for r in records]
+        tokenize = target.sacrebleu_tokenizer if self.bleu_tokenize == "language" else self.bleu_tokenize
+        return _corpus_metrics(hyps, refs, tokenize, strict=False)
+
+
+def _hypothesis(output: str) -> str:
+    """The translation in a generated output: the first line of the stripped output, stripped (``""`` for none)."""
+    return output.strip().split("\n", 1)[0].strip() if output.strip() else ""
 
 
 register_task("flores", Flores)
