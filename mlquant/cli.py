@@ -106,45 +106,19 @@ def report(
     baseline: Optional[str] = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
     cosine: bool = typer.Option(False, help="add the embedding cosine of generated outputs (needs mlquant[embed])"),
 ) -> None:
-    """Print the language x task x method table of a run, similarity to the baseline, and the statistics summary."""
+    """Print the language x task x method table of a run, similarity to the baseline, corpus-level metrics (chrF++,
+    spBLEU, LCPR) and the statistics summary; with --html, the same report as a static page."""
     import mlquant as mq
-    from mlquant.report import corpus_table, format_table, relative_change_table, score_table, similarity_table
-    from mlquant.report import write_html
+    from mlquant.report import build_report
 
     try:
         frame = mq.read_results(run_dir)
-        base = baseline or mq.report.default_baseline(frame)
-        typer.echo("Scores (weighted mean per cell):")
-        typer.echo(format_table(score_table(frame), 4))
-        typer.echo("\nRelative change 100*(q-b)/b, paired by item:")
-        changes = relative_change_table(frame, base)
-        typer.echo(format_table(changes))
         kl_values = mq.read_results(run_dir, what="kl")
-        similar = similarity_table(frame, base, cosine=cosine, kl=kl_values)
-        if len(similar):
-            typer.echo("\nSimilarity to the baseline's outputs, same items (flip_rate, c2w = correct->wrong, "
-                       "w2c = wrong->correct: % of items; chrf 0-100, rouge_l 0-1 between the two outputs; "
-                       "kl: nats/token, from mlquant kl):")
-            typer.echo(format_table(similar))
         judged = mq.read_results(run_dir, what="judged")
-        if len(judged):
-            from mlquant.tasks.judge import win_rates
-
-            typer.echo("\nPairwise judge, quantized vs baseline, both orders (win_rate = win + tie/2):")
-            typer.echo(format_table(win_rates(judged, by=("judge", "quant", "task", "lang")).set_index(
-                ["judge", "quant", "task", "lang"]), 3))
-        corpus = corpus_table(frame)
-        if len(corpus):
-            typer.echo("\nTranslation, corpus level (sacrebleu):")
-            typer.echo(format_table(corpus[["n", "chrf++", "spbleu"]]))
-            for col in ("chrf++_signature", "spbleu_signature"):
-                typer.echo(f"  {col}: {'; '.join(sorted(set(corpus[col])))}")
-        if len(changes):
-            typer.echo("")
-            typer.echo(str(mq.stats.summary(mq.report.scored_rows(frame), baseline=base)))
+        built = build_report(frame, baseline, cosine=cosine, kl=kl_values, judged=judged)
+        typer.echo(built.to_text())
         if html is not None:
-            page = write_html(frame, html, base, cosine=cosine, kl=kl_values, judged=judged)
-            typer.echo(f"HTML report: {page}")
+            typer.echo(f"HTML report: {built.write_html(html)}")
     except MlquantError as exc:
         _fail(exc)
 

@@ -1,39 +1,61 @@
-"""Reports: the per-language degradation table in text (terminal, notebook) and as a static HTML page.
+"""Reports: what quantizing cost, per task and language, built once as data and rendered as text or HTML.
+
+:func:`build_report` computes every section of the report once, as :class:`Section` objects (a title, a table or
+a text, a note); :meth:`Report.to_text` renders them for the terminal (what ``mlquant report RUN`` prints) and
+:meth:`Report.to_html` as a static HTML page (``mlquant report RUN --html PAGE``, :func:`write_html`). Sections:
+scores, relative change, similarity to the baseline, judge win rates, the corpus-level metrics of every cell
+(:meth:`mlquant.tasks.Task.aggregate`: chrF++ and spBLEU of translation, LPR / WPR / LCPR of language
+confusion) and the statistics summary. The tables are also public functions.
 
 Example:
     >>> import mlquant as mq  # doctest: +SKIP
-    >>> print(mq.report.relative_change_table(mq.read_results("runs/demo")))  # doctest: +SKIP
+    >>> report = mq.report.build_report(mq.read_results("runs/demo"))  # doctest: +SKIP
+    >>> print(report.to_text())  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import html
-import json
+import logging
 import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mlquant.errors import ConfigError, MlquantError
 from mlquant.results import aggregate
+from mlquant.stats import as_frame
+from mlquant.tasks import Task, get_task
 
 __all__ = [
-    "score_table",
-    "relative_change_table",
-    "similarity_table",
+    "Report",
+    "Section",
+    "build_report",
+    "corpus_metrics",
     "corpus_table",
-    "format_table",
-    "scored_rows",
-    "write_html",
     "default_baseline",
+    "format_table",
+    "relative_change_table",
+    "score_table",
+    "scored_rows",
+    "similarity_table",
+    "write_html",
 ]
+
+log = logging.getLogger(__name__)
+
+#: What :func:`format_table` shows for an empty table.
+EMPTY = "(nothing to show: no scored item of a quantized cell pairs with the baseline)"
 
 
 def _as_frame(results: Any) -> pd.DataFrame:
-    """The tidy frame of a DataFrame or a :class:`mlquant.Results` (see :func:`mlquant.stats._frame.as_frame`)."""
-    from mlquant.stats._frame import as_frame
-
-    return as_frame(results)
+    """The tidy frame of a DataFrame or a :class:`mlquant.Results` (:func:`mlquant.stats.as_frame`)."""
+    frame: pd.DataFrame = as_frame(results)
+    return frame
 
 
 def default_baseline(frame: pd.DataFrame) -> str:
@@ -43,8 +65,6 @@ def default_baseline(frame: pd.DataFrame) -> str:
     for label in ("fp32", "bf16", "fp16"):
         if label in present:
             return label
-    from mlquant.errors import ConfigError
-
     raise ConfigError(f"no baseline (fp32, bf16 or fp16) among the quant labels {sorted(present)}.")
 
 
@@ -149,53 +169,278 @@ def similarity_table(
     return table
 
 
-def corpus_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Corpus-level chrF++ and spBLEU of every translation cell (sacrebleu), with their signatures.
+# ----- corpus-level metrics: Task.aggregate of every cell --------------------------------------------------------------
+_TASK_FIELD = re.compile(r"(?:^|\|)task:([A-Za-z0-9_.-]+)@[^|\[]*(?:\[(.*?)\])?(?=\|(?:label|lang):|$)")
 
-    Translation rows are those whose ``extra`` holds a ``chrf++_signature`` (the ``flores`` task, any label). The
-    references are the rows' ``target``s, the hypotheses their ``extracted`` outputs, the target language the
-    cell's language (``en-xx``) or English (``xx-en``). spBLEU needs sacrebleu's flores200 SentencePiece model; where
-    it cannot run its column is NaN and ``spbleu_signature`` says why.
+
+def _option(value: str, split: bool) -> Any:
+    """A task option as the signature wrote it, read back (int, float, bool; ``a+b`` as a list with ``split``)."""
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    if value in ("True", "False"):
+        return value == "True"
+    return value.split("+") if split and "+" in value else value
+
+
+def _task_spec(signature: str) -> str:
+    """``NAME[OPTIONS]`` from the ``task:NAME@VER[OPTIONS]`` field of a cell signature (``""`` without one)."""
+    match = _TASK_FIELD.search(signature)
+    return f"{match.group(1)}[{match.group(2) or ''}]" if match else ""
+
+
+@lru_cache(maxsize=256)
+def _task_of(label: str, spec: str) -> Task | None:
+    """The task of a cell, rebuilt from its signature's task (:func:`_task_spec`; without one, from its label).
+
+    Options are read back from their text; where the task refuses them, it is built with its defaults (corpus
+    metrics read what they need from the rows). None: no registered task of that name.
+    """
+    name, _, text = spec[:-1].partition("[") if spec else (label, "", "")
+    pairs = [part.partition("=") for part in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", text) if part]
+    for options in ({k: _option(v, False) for k, _, v in pairs}, {k: _option(v, True) for k, _, v in pairs}, {}):
+        try:
+            return get_task(name, **options)
+        except MlquantError:
+            continue
+    return None
+
+
+def corpus_metrics(frame: pd.DataFrame) -> pd.DataFrame:
+    """The corpus-level metrics of every cell, from its task's :meth:`~mlquant.tasks.Task.aggregate`, in long form.
+
+    A cell's task is rebuilt from the ``task:`` field of its rows' ``signature`` (else from the ``task`` label);
+    cells of tasks without corpus metrics, or of unknown tasks, have no rows.
 
     Returns:
-        One row per (task, lang, quant): ``n``, ``chrf++``, ``spbleu``, ``chrf++_signature``, ``spbleu_signature``.
+        One row per (task, lang, quant, metric): ``value``, ``signature``, ``n`` (items), ``note``, ``n_rows``
+        (rows of the cell).
+
+    Example:
+        >>> rows = pd.DataFrame({"quant": "w4", "task": "confusion", "lang": "ja", "item_id": ["1", "2"],
+        ...     "extra": ['{"skipped": false, "line_pass": true, "word_pass": true}',
+        ...               '{"skipped": false, "line_pass": false, "word_pass": null}']})
+        >>> corpus_metrics(rows)[["metric", "value"]].round(4).values.tolist()
+        [['lpr', 0.5], ['wpr', 1.0], ['lcpr', 0.6667]]
     """
-    from mlquant.errors import BackendUnavailableError
-    from mlquant.tasks.flores import corpus_scores, flores200_status
-
     frame = _as_frame(frame)
-    extra = frame["extra"].fillna("{}").map(json.loads) if "extra" in frame.columns else pd.Series(dtype=object)
-    is_mt = extra.map(lambda e: isinstance(e, dict) and "chrf++_signature" in e) if len(extra) else extra
-    rows = []
-    reason = flores200_status()
-    mt = frame[is_mt.astype(bool)] if len(extra) else frame.iloc[:0]
-    directions = extra[is_mt.astype(bool)].map(lambda e: e.get("direction", "en-xx")) if len(extra) else extra
-    for (task, lang, quant), cell in mt.assign(_dir=directions).groupby(["task", "lang", "quant"], sort=True):
-        target_lang = "en" if (cell["_dir"] == "xx-en").all() else lang
-        hyps, refs = cell["extracted"].fillna("").tolist(), cell["target"].fillna("").tolist()
-        try:
-            scores = corpus_scores(hyps, refs, target_lang) if reason is None else None
-        except BackendUnavailableError as exc:
-            reason, scores = str(exc), None
-        if scores is None:
-            import sacrebleu
+    columns = ["task", "lang", "quant", "metric", "value", "signature", "n", "note", "n_rows"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    signatures = frame["signature"].fillna("").astype(str) if "signature" in frame.columns else pd.Series("", frame.index)
+    specs = signatures.map({sig: _task_spec(sig) for sig in signatures.unique()})
+    out: list[dict[str, Any]] = []
+    for (label, spec), rows in frame.groupby([frame["task"].astype(str), specs], sort=True):
+        task = _task_of(str(label), str(spec))
+        if task is None or type(task).aggregate is Task.aggregate:
+            continue
+        for (lang, quant), cell in rows.groupby(["lang", "quant"], sort=True):
+            try:
+                scores = task.aggregate(cell, str(lang))
+            except MlquantError as exc:
+                log.warning("corpus metrics of %s | %s | %s: %s", quant, label, lang, exc)
+                continue
+            out += [{"task": label, "lang": lang, "quant": quant, **vars(s), "n_rows": len(cell)} for s in scores.scores]
+    return pd.DataFrame(out, columns=columns)
 
-            chrf = sacrebleu.CHRF(word_order=2)
-            scores = {"chrf++": float(chrf.corpus_score(hyps, [refs]).score), "chrf++_signature": str(chrf.get_signature()),
-                      "spbleu": float("nan"), "spbleu_signature": f"not computed: {reason}"}
-        rows.append({"task": task, "lang": lang, "quant": quant, "n": len(cell), "chrf++": scores["chrf++"],
-                     "spbleu": scores["spbleu"], "chrf++_signature": scores["chrf++_signature"],
-                     "spbleu_signature": scores["spbleu_signature"]})
-    if not rows:
+
+def corpus_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Corpus-level metrics of every cell (:func:`corpus_metrics`), one row per cell, with their signatures.
+
+    Translation (``flores``, any label): chrF++ and spBLEU of sacrebleu, 0-100; where spBLEU cannot run here (no
+    flores200 SentencePiece model) its value is NaN and ``spbleu_signature`` says why (``not computed: ...``).
+    Language confusion: LPR, WPR, LCPR as fractions in [0, 1].
+
+    Returns:
+        Index (task, lang, quant); columns ``n`` (rows of the cell), one per metric, and ``<metric>_signature``
+        (the signature, or the note where the value was not computed). Empty when no cell has corpus metrics.
+    """
+    long = corpus_metrics(frame)
+    if long.empty:
         return pd.DataFrame()
-    return pd.DataFrame(rows).set_index(["task", "lang", "quant"])
+    keys = ["task", "lang", "quant"]
+    long = long.assign(signature=long["signature"].where(long["signature"] != "", long["note"]))
+    metrics = list(dict.fromkeys(long["metric"]))
+    values = long.pivot(index=keys, columns="metric", values="value")[metrics]
+    signatures = long.pivot(index=keys, columns="metric", values="signature")[metrics].add_suffix("_signature")
+    n = long.groupby(keys, sort=True)["n_rows"].first().rename("n")
+    table = pd.concat([n, values, signatures], axis=1)
+    table.columns.name = None
+    return table
 
 
+def _corpus_sections(frame: pd.DataFrame) -> list[Section]:
+    """One section per task label with corpus metrics: the values, then each metric's signatures."""
+    long = corpus_metrics(frame)
+    sections = []
+    for label, part in long.groupby("task", sort=True):
+        metrics = list(dict.fromkeys(part["metric"]))
+        table = part.pivot(index=["lang", "quant"], columns="metric", values="value")[metrics]
+        table.columns.name = None
+        table.insert(0, "n", part.groupby(["lang", "quant"], sort=True)["n_rows"].first())
+        said: dict[str, list[str]] = {}  # what the signatures say -> the metrics they say it of
+        for metric in metrics:
+            rows = part[part["metric"] == metric]
+            text = "; ".join(sorted(set(rows["signature"].where(rows["signature"] != "", rows["note"]))))
+            said.setdefault(text, []).append(metric)
+        sacrebleu = [m for m in metrics if m in ("chrf++", "spbleu", "bleu")]
+        scales = ["0-100 (sacrebleu)"] * bool(sacrebleu) + ["0-1"] * (len(sacrebleu) < len(metrics))
+        sections.append(Section(f"Corpus-level metrics of {label}", table, note=f"one value per cell; {', '.join(scales)}",
+                                digits=2 if sacrebleu else 4, lines=tuple(f"{', '.join(m)}: {t}" for t, m in said.items())))
+    return sections
+
+
+# ----- sections and their rendering -------------------------------------------------------------------------------------
 def format_table(table: pd.DataFrame, digits: int = 2) -> str:
     """A fixed-width text rendering of a table (for the terminal and the demo)."""
     if table.empty:
-        return "(nothing to show: no scored item of a quantized cell pairs with the baseline)"
-    return table.round(digits).to_string(na_rep="-")
+        return EMPTY
+    text: str = table.round(digits).to_string(na_rep="-")
+    return text
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a report: a title, a table (or a preformatted text), a note, and lines after the body.
+
+    Attributes:
+        title: the heading.
+        body: a table, or preformatted text (the statistics summary).
+        note: how to read the body (units, abbreviations); in parentheses after the title in text.
+        digits: decimals shown of the table's numbers.
+        lines: shown after the body (the signatures of corpus metrics).
+
+    Example:
+        >>> print(Section("Scores", pd.DataFrame({"fp32": [0.5]}, index=["xcopa"]), "weighted mean").to_text())
+        Scores (weighted mean):
+               fp32
+        xcopa   0.5
+    """
+
+    title: str
+    body: pd.DataFrame | str
+    note: str = ""
+    digits: int = 2
+    lines: tuple[str, ...] = ()
+
+    def to_text(self) -> str:
+        """The section for a terminal."""
+        head = f"{self.title} ({self.note}):" if self.note else f"{self.title}:"
+        body = self.body if isinstance(self.body, str) else format_table(self.body, self.digits)
+        return "\n".join([head, body, *(f"  {line}" for line in self.lines)])
+
+    def to_html(self) -> str:
+        """The section as an HTML fragment."""
+        parts = [f"<h2>{html.escape(self.title)}</h2>"]
+        if self.note:
+            parts.append(f"<p>{html.escape(self.note)}</p>")
+        if isinstance(self.body, str):
+            parts.append(f"<pre>{html.escape(self.body)}</pre>")
+        elif self.body.empty:
+            parts.append(f"<p>{html.escape(EMPTY)}</p>")
+        else:
+            parts.append(str(self.body.round(self.digits).to_html(na_rep="-")))
+        parts += [f"<p><code>{html.escape(line)}</code></p>" for line in self.lines]
+        return "\n".join(parts)
+
+
+_STYLE = ("body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
+          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report on a run: its sections, computed once (:func:`build_report`), rendered as text or HTML.
+
+    Attributes:
+        baseline: the baseline quant label.
+        models: the models of the run.
+        sections: the sections, in order.
+    """
+
+    baseline: str
+    models: tuple[str, ...]
+    sections: tuple[Section, ...]
+
+    @property
+    def header(self) -> str:
+        return f"Baseline: {self.baseline}. Models: {', '.join(self.models)}."
+
+    def to_text(self) -> str:
+        """The report for a terminal (what ``mlquant report RUN`` prints)."""
+        return "\n\n".join([self.header, *(s.to_text() for s in self.sections)])
+
+    def to_html(self) -> str:
+        """A static HTML page."""
+        head = (f"<!doctype html><html><head><meta charset='utf-8'><title>mlquant report</title><style>{_STYLE}</style>"
+                f"</head><body>\n<h1>mlquant report</h1>\n<p>{html.escape(self.header)}</p>")
+        return "\n".join([head, *(s.to_html() for s in self.sections), "</body></html>"])
+
+    def write_html(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_html` to ``path``; return the path."""
+        out = Path(path)
+        out.write_text(self.to_html(), encoding="utf-8")
+        return out
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _repr_html_(self) -> str:
+        return f"<p>{html.escape(self.header)}</p>" + "\n".join(s.to_html() for s in self.sections)
+
+
+def build_report(
+    results: Any,
+    baseline: str | None = None,
+    *,
+    cosine: bool = False,
+    kl: pd.DataFrame | None = None,
+    judged: pd.DataFrame | None = None,
+) -> Report:
+    """Compute every section of the report on a run's results, once.
+
+    Args:
+        results: the tidy per-item frame (:func:`mlquant.read_results`) or a :class:`mlquant.Results`.
+        baseline: the baseline quant label (default: fp32, else bf16, else fp16).
+        cosine: add the embedding cosine of generated outputs to the similarity table (needs ``mlquant[embed]``).
+        kl: per-sentence KL divergences (``mlquant kl``; ``read_results(run, what="kl")``).
+        judged: pairwise verdicts (``mlquant judge``; ``read_results(run, what="judged")``).
+
+    Example:
+        >>> df = pd.DataFrame({"model": "m", "quant": ["fp32", "fp32", "w4", "w4"], "task": "xcopa", "lang": "tr",
+        ...                    "item_id": ["1", "2", "1", "2"], "score": [1.0, 1.0, 1.0, 0.0], "weight": 1.0,
+        ...                    "metric": "accuracy", "kind": "choice", "output": ""})
+        >>> [s.title for s in build_report(df).sections][:3]
+        ['Scores', 'Relative change 100*(q-b)/b, paired by item', "Similarity to the baseline's outputs, same items"]
+    """
+    from mlquant import stats
+
+    frame = _as_frame(results)
+    baseline = baseline or default_baseline(frame)
+    models = tuple(sorted(str(m) for m in frame["model"].unique())) if "model" in frame.columns else ()
+    changes = relative_change_table(frame, baseline)
+    sections = [
+        Section("Scores", score_table(frame), "weighted mean per cell", digits=4),
+        Section("Relative change 100*(q-b)/b, paired by item", changes),
+    ]
+    similar = similarity_table(frame, baseline, cosine=cosine, kl=kl)
+    if len(similar):
+        sections.append(Section(
+            "Similarity to the baseline's outputs, same items", similar,
+            "flip_rate, c2w = correct->wrong, w2c = wrong->correct: % of items; chrf 0-100, rouge_l 0-1 between the "
+            "two outputs; kl: nats/token, from mlquant kl"))
+    if judged is not None and len(judged):
+        from mlquant.tasks.judge import win_rates
+
+        keys = [c for c in ("judge", "quant", "task", "lang") if c in judged.columns]
+        sections.append(Section("Pairwise judge, quantized vs baseline, both orders",
+                                win_rates(judged, by=keys).set_index(keys), "win_rate = win + tie/2", digits=3))
+    sections += _corpus_sections(frame)
+    if len(changes):
+        sections.append(Section("Statistics", str(stats.summary(scored_rows(frame), baseline=baseline))))
+    return Report(baseline, models, tuple(sections))
 
 
 def write_html(
@@ -207,41 +452,5 @@ def write_html(
     kl: pd.DataFrame | None = None,
     judged: pd.DataFrame | None = None,
 ) -> Path:
-    """Write a static HTML page: scores, relative change, similarity to the baseline (with ``kl`` from
-    ``mlquant kl``), judge win rates (``judged`` from ``mlquant judge``), corpus MT scores and the statistics."""
-    from mlquant import stats
-
-    frame = _as_frame(frame)
-    baseline = baseline or default_baseline(frame)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>mlquant report</title>",
-        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>",
-        f"<h1>mlquant report</h1><p>Baseline: <b>{html.escape(baseline)}</b>. Models: "
-        f"{html.escape(', '.join(sorted(frame['model'].unique())))}.</p>",
-        "<h2>Scores</h2>",
-        score_table(frame).round(4).to_html(na_rep="-"),
-        "<h2>Relative change, 100·(q−b)/b, paired by item</h2>",
-        relative_change_table(frame, baseline).round(2).to_html(na_rep="-"),
-    ]
-    similar = similarity_table(frame, baseline, cosine=cosine, kl=kl)
-    if len(similar):
-        parts += ["<h2>Similarity to the baseline's outputs, same items</h2>",
-                  "<p>flip_rate, c2w (correct→wrong), w2c (wrong→correct): % of items; chrF 0–100 and ROUGE-L 0–1 "
-                  "between the quantized and the baseline output.</p>", similar.round(2).to_html(na_rep="-")]
-    if judged is not None and len(judged):
-        from mlquant.tasks.judge import win_rates
-
-        keys = [c for c in ("judge", "quant", "task", "lang") if c in judged.columns]
-        parts += ["<h2>Pairwise judge, quantized vs baseline, both orders</h2>",
-                  win_rates(judged, by=keys).set_index(keys).round(3).to_html(na_rep="-")]
-    corpus = corpus_table(frame)
-    if len(corpus):
-        parts += ["<h2>Translation, corpus level (sacrebleu)</h2>", corpus.round(2).to_html(na_rep="-")]
-    if len(relative_change_table(frame, baseline)):
-        summary = stats.summary(scored_rows(frame), baseline=baseline)
-        parts += ["<h2>Statistics</h2>", f"<pre>{html.escape(str(summary))}</pre>"]
-    parts.append("</body></html>")
-    out = Path(path)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
+    """Write the report (:func:`build_report`) as a static HTML page; return its path."""
+    return build_report(frame, baseline, cosine=cosine, kl=kl, judged=judged).write_html(path)

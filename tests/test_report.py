@@ -1,4 +1,4 @@
-"""Report tables: similarity to the baseline (flips, output chrF / ROUGE-L) and corpus-level translation scores."""
+"""Report: similarity to the baseline (flips, output chrF / ROUGE-L), corpus-level metrics, sections as text and HTML."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import sacrebleu
 
-from mlquant.report import corpus_table, similarity_table
+from mlquant.report import Section, build_report, corpus_table, similarity_table
 
 
 def _rows(quant: str, task: str, kind: str, scores: list[float], outputs: list[str], lang: str = "ja") -> list[dict]:
     return [
         {"quant": quant, "task": task, "lang": lang, "item_id": str(i), "kind": kind, "score": s, "output": o}
-        for i, (s, o) in enumerate(zip(scores, outputs))
+        for i, (s, o) in enumerate(zip(scores, outputs, strict=True))
     ]
 
 
@@ -53,7 +53,7 @@ def test_corpus_table_matches_sacrebleu() -> None:
     extra = json.dumps({"chrf++_signature": "x", "direction": "en-xx"})
     frame = pd.DataFrame(
         [{"quant": "w4", "task": "flores", "lang": "fr", "item_id": str(i), "extracted": h, "target": r,
-          "extra": extra} for i, (h, r) in enumerate(zip(hyps, refs))]
+          "extra": extra} for i, (h, r) in enumerate(zip(hyps, refs, strict=True))]
         + [{"quant": "w4", "task": "xcopa", "lang": "tr", "item_id": "1", "extracted": "", "target": "", "extra": "{}"}]
     )
     table = corpus_table(frame)
@@ -68,3 +68,68 @@ def test_corpus_table_matches_sacrebleu() -> None:
         assert row["spbleu"] == pytest.approx(sacrebleu.BLEU(tokenize="flores200").corpus_score(hyps, [refs]).score)
     else:
         assert pd.isna(row["spbleu"]) and row["spbleu_signature"].startswith("not computed")
+
+
+def _signature(task: str, lang: str, label: str = "") -> str:
+    custom = f"|label:{label}" if label else ""
+    return (f"mlquant:0.1.0|model:m@1|quant:w4|backend:simulate|calib:none|task:{task}{custom}|lang:{lang}|limit:none"
+            "|seed:0|torch:2|transformers:5")
+
+
+def test_corpus_table_rebuilds_the_task_from_the_signature() -> None:
+    # A custom label, and options the default task does not have: BLEU with 13a (so "bleu", never "spbleu").
+    hyps, refs = ["The cat sat.", "It rains."], ["The cat sat on the mat.", "It rains a lot."]
+    sig = _signature("flores@1.0[bleu_tokenize=13a,direction=xx-en,max_new_tokens=256,shots=0]", "ja", "mt-back")
+    frame = pd.DataFrame([{"quant": "w4", "task": "mt-back", "lang": "ja", "item_id": str(i), "extracted": h,
+                           "target": r, "extra": json.dumps({"direction": "xx-en"}), "signature": sig}
+                          for i, (h, r) in enumerate(zip(hyps, refs, strict=True))])
+    row = corpus_table(frame).loc[("mt-back", "ja", "w4")]
+    assert row["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score)
+    assert "tok:13a" in row["bleu_signature"] and "spbleu" not in row.index
+
+
+def _confusion_frame() -> pd.DataFrame:
+    verdicts = [(True, True), (True, True), (False, None), (False, None)]  # LPR 1/2, WPR 1 -> LCPR 2/3
+    sig = _signature("confusion@1.0[detector=lingua:benchmark:0.3,max_new_tokens=100,seed=0,subsets=crosslingual/okapi,"
+                     "temperature=0.3,template=qa,top_p=0.75]", "ja")
+    rows = []
+    for quant in ("fp32", "w4"):
+        for i, (line, word) in enumerate(verdicts):
+            extra = {"subset": "crosslingual/okapi", "skipped": False, "line_pass": line, "word_pass": word}
+            rows.append({"model": "m@1", "quant": quant, "task": "confusion", "lang": "ja", "item_id": f"c/o/{i}",
+                         "kind": "generate", "metric": "line_pass", "score": float(line), "weight": 1.0,
+                         "output": "答え" if line else "answer", "extracted": "", "target": "ja",
+                         "extra": json.dumps(extra), "signature": sig.replace("quant:w4", f"quant:{quant}")})
+    return pd.DataFrame(rows)
+
+
+def test_report_sections_are_built_once_and_rendered_as_text_and_html() -> None:
+    report = build_report(_confusion_frame(), "fp32")
+    titles = [s.title for s in report.sections]
+    assert titles[:2] == ["Scores", "Relative change 100*(q-b)/b, paired by item"]
+    corpus = next(s for s in report.sections if s.title == "Corpus-level metrics of confusion")
+    assert isinstance(corpus.body, pd.DataFrame)
+    assert list(corpus.body.columns) == ["n", "lpr", "wpr", "lcpr"]
+    assert corpus.body.loc[("ja", "w4"), "lcpr"] == pytest.approx(2 / 3)  # LCPR reaches the report
+    # The task is rebuilt from the cells' signature, with its options: the LCPR signature says which sub-set.
+    assert len(corpus.lines) == 1 and corpus.lines[0].startswith("lpr, wpr, lcpr: confusion@1.0[detector=lingua")
+    assert "subsets=crosslingual/okapi" in corpus.lines[0]
+    text, page = report.to_text(), report.to_html()
+    assert text.startswith("Baseline: fp32. Models: m@1.")
+    # The same sections, in the same order, in both renderings.
+    assert [text.index(s.to_text()) for s in report.sections] == sorted(text.index(s.to_text()) for s in report.sections)
+    assert [page.index(s.to_html()) for s in report.sections] == sorted(page.index(s.to_html()) for s in report.sections)
+    assert "Corpus-level metrics of confusion (one value per cell; 0-1):" in text and "lcpr" in text
+    assert "<h2>Corpus-level metrics of confusion</h2>" in page and "<th>lcpr</th>" in page
+    assert page.startswith("<!doctype html>") and page.endswith("</body></html>")
+
+
+def test_section_rendering() -> None:
+    table = pd.DataFrame({"fp32": [0.123456]}, index=["xcopa"])
+    section = Section("Scores", table, "weighted mean per cell", digits=4, lines=("a: <sig>",))
+    assert section.to_text() == "Scores (weighted mean per cell):\n         fp32\nxcopa  0.1235\n  a: <sig>"
+    assert "<h2>Scores</h2>" in section.to_html() and "0.1235" in section.to_html() and "a: &lt;sig&gt;" in section.to_html()
+    empty = Section("Relative change", pd.DataFrame())
+    assert "nothing to show" in empty.to_text() and "nothing to show" in empty.to_html()
+    text = Section("Statistics", "a < b")
+    assert text.to_text() == "Statistics:\na < b" and "<pre>a &lt; b</pre>" in text.to_html()
