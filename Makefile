@@ -1,26 +1,29 @@
 # Two commands for a newcomer on a fresh machine: `make demo` and `make test`.
-# Both create .venv, install torch==2.13.0 (the CPU wheel: no CUDA packages are pulled), then mlquant with its extras.
+# Both create .venv, install torch==2.13.0 (the CPU wheel: no CUDA packages are pulled), then mlquant with its extras,
+# each at the version pinned in $(LOCK) (a pip constraints file: pyproject.toml keeps ranges for library users).
+# `make upgrade` (run it on a schedule) tries the newest versions in range and rewrites the lock only if the tests pass.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(abspath ../shared/data)
 EXTRAS ?= dev,bnb,confusion,similarity,embed,plot
 PYTEST_ARGS ?=
+LOCK ?= requirements/lock.txt
 
 export MLQUANT_DATA_DIR ?= $(DATA_DIR)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench upgrade clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) torch==2.13.0
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -38,8 +41,32 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The lint gate (not part of `make test` yet): ruff and mypy, both configured in pyproject.toml (mypy strict on mlquant.*).
+lint: setup
+	$(BIN)/ruff check mlquant tests bench
+	$(BIN)/mypy
+
 bench: setup
 	$(BIN)/python bench/choice.py
+
+# Scheduled upgrade: a fresh temporary venv gets torch==2.13.0 and the newest release of everything else that
+# pyproject.toml's ranges allow (no lock), the full test suite runs against it, and only when it passes is $(LOCK)
+# rewritten from that venv's `pip freeze` (torch written as the release, 2.13.0). Then review and commit the diff;
+# the next `make setup` reinstalls from the new lock. A failure leaves the lock untouched.
+# The freeze: every installed distribution but pip and mlquant itself (setuptools is kept: torch requires it).
+FREEZE_ARGS = freeze --all --exclude-editable --exclude mlquant --exclude pip
+TORCH_RELEASE = sed -E 's/^(torch==[^+]+)\+.*$$/\1/'
+upgrade:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip; \
+	"$$tmp/venv/bin/pip" install --quiet torch==2.13.0; \
+	"$$tmp/venv/bin/pip" install --quiet torch==2.13.0 -e ".[$(EXTRAS)]"; \
+	rc=0; OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} "$$tmp/venv/bin/python" -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -ne 0 ]; then echo "tests failed (pytest exit $$rc) on the upgraded versions: $(LOCK) left as it is" >&2; exit 1; fi; \
+	{ sed -n '/^#/p' $(LOCK); "$$tmp/venv/bin/pip" $(FREEZE_ARGS) | $(TORCH_RELEASE); } > "$$tmp/lock.txt"; \
+	mv "$$tmp/lock.txt" $(LOCK); \
+	echo "$(LOCK) rewritten: review 'git diff $(LOCK)' and commit it"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
