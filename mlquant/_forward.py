@@ -83,6 +83,14 @@ def _gather_logprobs(model: ForwardModel, hidden: torch.Tensor, targets: torch.T
     return torch.cat(lps), torch.cat(greedy)
 
 
+def _select_rows(layer: Any, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) of the chosen batch rows of one layer of a filled key/value cache."""
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+        raise TypeError(f"key/value cache layer {type(layer).__name__} holds no key and value tensors to select from.")
+    return keys[rows], values[rows]
+
+
 def _cache_kwarg(body: Any, cache: Any) -> dict[str, Any]:
     """The key/value cache argument as this transformers version names it: ``cache`` since 5.24 (``past_key_values``
     still works there but warns that it goes in 5.40), ``past_key_values`` before."""
@@ -144,9 +152,7 @@ def score_groups(
             for k, t in enumerate(tails):
                 if not t:
                     tail_mask[k, 0] = 0
-            sub = DynamicCache(
-                ddp_cache_data=[(layer.keys[sel.to(device)], layer.values[sel.to(device)]) for layer in cache.layers]
-            )
+            sub = DynamicCache(ddp_cache_data=[_select_rows(layer, sel.to(device)) for layer in cache.layers])
             full_mask = torch.cat([mask[sel], tail_mask], dim=1)
             positions = ctx_len[sel][:, None] + torch.arange(longest)[None, :]
             out2 = body(
@@ -181,16 +187,15 @@ def rolling_logprobs(model: ForwardModel, requests: Sequence[RollingRequest], pa
     prefix = model.prefix_ids()
     windows: list[tuple[int, list[int], int]] = []  # (request, input tokens, number of leading context tokens)
     for i, req in enumerate(requests):
-        ids = list(model.tokenizer(req.text, add_special_tokens=False)["input_ids"])
+        text_ids = list(model.tokenizer(req.text, add_special_tokens=False)["input_ids"])
         step = model.max_length - len(prefix)
-        for start in range(0, max(len(ids), 1), step):
-            windows.append((i, prefix + ids[start : start + step], len(prefix)))
+        for start in range(0, max(len(text_ids), 1), step):
+            windows.append((i, prefix + text_ids[start : start + step], len(prefix)))
     order = sorted(range(len(windows)), key=lambda w: -len(windows[w][1]))
     sums = [0.0] * len(requests)
     counts = [0] * len(requests)
     for chunk in _batches(order, model.batch_size):
-        rows = [windows[w][1] for w in chunk]
-        ids, mask = _right_pad(rows, pad)
+        ids, mask = _right_pad([windows[w][1] for w in chunk], pad)
         out = body(input_ids=ids.to(device), attention_mask=mask.to(device))
         passes.count += 1
         hid, targets, owner = [], [], []

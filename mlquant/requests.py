@@ -132,8 +132,11 @@ def result_from_json(blob: str) -> LoglikelihoodResult | RollingResult | str:
     obj = json.loads(blob)
     if obj["t"] == "str":
         return str(obj["v"])
-    cls = {"LoglikelihoodResult": LoglikelihoodResult, "RollingResult": RollingResult}[obj["t"]]
-    return cls(**obj["v"])
+    if obj["t"] == "LoglikelihoodResult":
+        return LoglikelihoodResult(**obj["v"])
+    if obj["t"] == "RollingResult":
+        return RollingResult(**obj["v"])
+    raise ValueError(f"result_from_json: unknown result type {obj['t']!r} in the request cache.")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

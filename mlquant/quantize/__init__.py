@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mlquant.errors import ConfigError
 from mlquant.spec import BASELINES, Backend, MethodRules, QuantSpec, get_quantizer, list_methods, register_quantizer
@@ -65,7 +65,8 @@ class Quantizer(MethodRules, Protocol):
             (False for methods that reload the checkpoint themselves, such as bitsandbytes; they get ``None``).
     """
 
-    copies_weights: ClassVar[bool]
+    @property
+    def copies_weights(self) -> bool: ...
 
     def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
         """Quantize ``torch_model`` (a private copy of ``model``'s weights, or None) and return it with its records.

@@ -29,9 +29,9 @@ SMOOTH_ATTR = "mlquant_smooth"
 
 
 # ----- spec checks ------------------------------------------------------------------------------------------------
-def check_options(spec: QuantSpec, defaults: Mapping[str, Any], choices: Mapping[str, Sequence[Any]] = ()) -> None:
+def check_options(spec: QuantSpec, defaults: Mapping[str, Any], choices: Mapping[str, Sequence[Any]] | None = None) -> None:
     """ConfigError for unknown options, options of the wrong type, or values outside ``choices``."""
-    choices = dict(choices)
+    choices = dict(choices or {})
     for key, value in spec.options.items():
         if key not in defaults:
             raise ConfigError(
@@ -88,7 +88,7 @@ def block_linears(layer: Any) -> list[tuple[str, Any]]:
 def layer_prefix(torch_model: Any, index: int) -> str:
     for name, module in torch_model.named_modules():
         if module is decoder_layers(torch_model)[index]:
-            return name
+            return str(name)
     return f"layers.{index}"
 
 

@@ -50,8 +50,9 @@ def _require_bnb() -> None:
 def bnb_config(kind: str, spec: QuantSpec, threshold: float = 6.0) -> Any:
     """The ``transformers.BitsAndBytesConfig`` for ``kind`` (``int8``, ``nf4``, ``fp4``, ``nf4-dq``, ``fp4-dq``)."""
     import torch
-    from transformers import BitsAndBytesConfig
 
+    # transformers' quantization configs are untyped; go through the module as Any.
+    BitsAndBytesConfig: Any = importlib.import_module("transformers").BitsAndBytesConfig
     if kind == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)
     quant_type, _, dq = kind.partition("-")
@@ -65,8 +66,9 @@ def bnb_config(kind: str, spec: QuantSpec, threshold: float = 6.0) -> Any:
 
 def _replace_linears(torch_model: Any, cfg: Any, device: Any) -> dict[str, dict[str, Any]]:
     """Swap every decoder-block nn.Linear for a bitsandbytes layer (quantized when moved to ``device``)."""
-    import bitsandbytes as bnb
     import torch
+
+    bnb: Any = importlib.import_module("bitsandbytes")  # untyped, and its nn classes are not re-exported for mypy
 
     records: dict[str, dict[str, Any]] = {}
     for name, lin in list(quantizable_linears(torch_model)):
@@ -109,9 +111,9 @@ class BnbQuantizer:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.name = f"bnb-{kind}"  # type: ignore[misc]
+        self.name = f"bnb-{kind}"
         self.bits = 8 if kind == "int8" else 4
-        self.option_defaults = {"load": "auto", **({"threshold": 6.0} if kind == "int8" else {})}  # type: ignore[misc]
+        self.option_defaults: dict[str, Any] = {"load": "auto", **({"threshold": 6.0} if kind == "int8" else {})}
 
     def validate(self, spec: QuantSpec) -> None:
         check_options(spec, self.option_defaults, {"load": _LOADS})

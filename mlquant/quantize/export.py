@@ -126,7 +126,7 @@ def _save_simulated(model: HFModel, out: Path) -> Path:
 def _qparams(module: Any, spec: Any) -> QParams:
     """The module's QParams, or ones recovered (and verified) from its dequantized weight (RTN)."""
     qp = getattr(module, QPARAMS_ATTR, None)
-    if qp is not None:
+    if isinstance(qp, QParams):
         return qp
     w = module.weight.detach().float()
     scale, zero = weight_params(w, int(spec.w_bits), spec.group_size, spec.symmetric)
@@ -173,7 +173,8 @@ def _unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     p = packed.to(torch.int64).movedim(dim, 0) & 0xFFFFFFFF
     shifts = (torch.arange(per, dtype=torch.int64) * bits).reshape(1, per, *([1] * (p.dim() - 1)))
     v = (p.unsqueeze(1) >> shifts) & (2**bits - 1)
-    return v.reshape(p.shape[0] * per, *p.shape[1:]).movedim(0, dim)
+    out: torch.Tensor = v.reshape(p.shape[0] * per, *p.shape[1:]).movedim(0, dim)
+    return out
 
 
 def unpack_gptq_layer(tensors: dict[str, torch.Tensor], prefix: str, bits: int, v1: bool = True) -> torch.Tensor:

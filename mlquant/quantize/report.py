@@ -29,7 +29,7 @@ import copy
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlquant.quantize._common import (
     QPARAMS_ATTR,
@@ -72,17 +72,20 @@ def effective_weight(module: Any) -> torch.Tensor:
         scb = getattr(weight, "SCB", None)
         if scb is None:
             scb = getattr(getattr(module, "state", None), "SCB", None)
-        return weight.data.float() * scb.float()[:, None] / 127.0
+        if scb is None:
+            raise ValueError(f"{cls}: no row scales (SCB) on the weight or the layer state; cannot dequantize.")
+        return cast("torch.Tensor", weight.data.float() * scb.float()[:, None] / 127.0)
     if cls == "Linear4bit" and getattr(weight, "quant_state", None) is not None:
         import bitsandbytes.functional as F
 
         data, state = weight.data, weight.quant_state
         if getattr(state, "packing_format_for_cpu", False):  # repacked for the CPU kernel at the first forward
-            from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+            # Private in bitsandbytes 0.50, and the only inverse of its CPU repacking.
+            from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse  # type: ignore[attr-defined]
 
             data, state = _convert_weight_packed_for_cpu_inverse(data.clone(), copy.copy(state))
         return F.dequantize_4bit(data, state).float()
-    return weight.detach().float()
+    return cast("torch.Tensor", weight.detach().float())
 
 
 def torch_int8() -> Any:
@@ -93,7 +96,7 @@ def torch_int8() -> Any:
 
 def reference_weight(original: Any, quantized: Any) -> torch.Tensor:
     """The float weight the method set out to quantize: the original one, rescaled as SmoothQuant did."""
-    w = original.weight.detach().float()
+    w = cast("torch.Tensor", original.weight.detach().float())
     smooth = getattr(quantized, SMOOTH_ATTR, None)
     if smooth is not None:
         s_in, s_out = smooth

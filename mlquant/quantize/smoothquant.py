@@ -195,10 +195,11 @@ def smooth_model(torch_model: Any, seqs: Sequence[Sequence[int]], pad: int, alph
         ]
         for norm_name, lin_names in folds:
             norm = getattr(layer, norm_name, None)
-            lins = [layer.get_submodule(n) if _has(layer, n) else None for n in lin_names]
+            found = [layer.get_submodule(n) if _has(layer, n) else None for n in lin_names]
+            lins = [m for m in found if m is not None]
             full = [f"{prefix}.{n}" for n in lin_names]
             key = norm_out.get(f"{prefix}.{norm_name}")
-            if norm is None or any(m is None for m in lins) or key is None:
+            if norm is None or len(lins) < len(lin_names) or key is None:
                 log.info("smoothquant: %s: no %s feeding %s; not smoothed", prefix, norm_name, lin_names)
                 continue
             consumers = [n for n, k in in_ids.items() if k == key]
@@ -341,7 +342,7 @@ class W8A8GPTQQuantizer:
     copies_weights: ClassVar[bool] = True
 
     @property
-    def option_defaults(self) -> dict[str, Any]:  # type: ignore[override]
+    def option_defaults(self) -> dict[str, Any]:
         from mlquant.quantize.gptq import GPTQ_DEFAULTS
 
         return {**GPTQ_DEFAULTS, "alpha": 0.5, "smooth_out_proj": True}
