@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlquant.errors import ConfigError, MlquantError
+from mlquant.errors import MlquantError
 from mlquant.results import aggregate
 from mlquant.stats import as_frame
 from mlquant.tasks import Task, get_task
@@ -59,13 +59,10 @@ def _as_frame(results: Any) -> pd.DataFrame:
 
 
 def default_baseline(frame: pd.DataFrame) -> str:
-    """The baseline label of a results frame: fp32, else bf16, else fp16."""
-    frame = _as_frame(frame)
-    present = set(frame["quant"].unique())
-    for label in ("fp32", "bf16", "fp16"):
-        if label in present:
-            return label
-    raise ConfigError(f"no baseline (fp32, bf16 or fp16) among the quant labels {sorted(present)}.")
+    """The baseline label of a results frame: fp32, else bf16, else fp16 (:func:`mlquant.results.default_baseline`)."""
+    from mlquant.results import default_baseline as default
+
+    return default(_as_frame(frame))
 
 
 def scored_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from mlquant.errors import DataError
+from mlquant.errors import ConfigError, DataError
 
 __all__ = [
     "COLUMNS",
@@ -37,6 +37,7 @@ __all__ = [
     "cell_path",
     "safe_name",
     "aggregate",
+    "default_baseline",
 ]
 
 @dataclass(frozen=True)
@@ -187,6 +188,23 @@ def read_results(
     frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     frame.attrs["run_dir"] = str(root)
     return frame
+
+
+def default_baseline(frame: pd.DataFrame) -> str:
+    """The baseline of a results frame, the one default every comparison uses: fp32, else bf16, else fp16.
+
+    Raises:
+        ConfigError: no baseline label is present.
+
+    Example:
+        >>> default_baseline(pd.DataFrame({"quant": ["rtn-w8", "bf16"]}))
+        'bf16'
+    """
+    present = set(frame["quant"].unique())
+    for label in ("fp32", "bf16", "fp16"):
+        if label in present:
+            return label
+    raise ConfigError(f"no baseline (fp32, bf16 or fp16) among the quant labels {sorted(present)}.")
 
 
 def aggregate(frame: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang")) -> pd.DataFrame:

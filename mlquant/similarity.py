@@ -202,7 +202,7 @@ def _paired(results: Any, baseline: str, columns: Sequence[str], kinds: Sequence
 
 def output_similarity(
     results: Any,
-    baseline: str = "fp16",
+    baseline: str | None = None,
     *,
     metrics: Sequence[str] = SIMILARITY_METRICS,
     embedder: Embedder | None = None,
@@ -213,7 +213,7 @@ def output_similarity(
 
     Args:
         results: the tidy results frame (columns ``quant``, ``task``, ``lang``, ``item_id``, ``output``, ``kind``).
-        baseline: quant label of the baseline.
+        baseline: quant label of the baseline (default: the run's, see :func:`mlquant.results.default_baseline`).
         metrics: any of ``chrf`` (0-100), ``rouge_l`` (0-1), ``cosine`` (-1..1).
         embedder: sentence embedder for ``cosine`` (default :func:`default_embedder`).
         tasks: restrict to these task names.
@@ -226,6 +226,9 @@ def output_similarity(
     unknown = sorted(set(metrics) - set(SIMILARITY_METRICS))
     if unknown:
         raise ConfigError(f"output_similarity: unknown metric {unknown[0]!r}; expected some of {SIMILARITY_METRICS}.")
+    from mlquant.results import default_baseline
+
+    baseline = baseline or default_baseline(_frame(results))
     pairs = _paired(results, baseline, ["output"], kinds, tasks, "output_similarity")
     hyp = pairs["output"].fillna("").astype(str).tolist()
     ref = pairs["output_base"].fillna("").astype(str).tolist()
@@ -241,7 +244,7 @@ def output_similarity(
 
 def flip_rate(
     results: Any,
-    baseline: str = "fp16",
+    baseline: str | None = None,
     *,
     kinds: Sequence[str] | None = ("choice",),
     tasks: Sequence[str] | None = None,
@@ -249,15 +252,16 @@ def flip_rate(
 ) -> pd.DataFrame:
     """Share of items whose correctness differs between the quantized model and the baseline (Dutta et al. 2024).
 
-    An item is correct when its score is 1 (scores are read as correct when >= 0.5). Items missing on either side
-    or with a NaN score are left out.
+    The one flip rate of mlquant: this is :func:`mlquant.stats.flips` (same pairing, same counts) restricted to some
+    task kinds, in the columns of the similarity tables. Only cells with 0/1 scores count; items missing on either
+    side or with a NaN score are left out.
 
     Args:
-        results: the tidy results frame (columns ``quant``, ``task``, ``lang``, ``item_id``, ``score``, ``kind``).
-        baseline: quant label of the baseline.
+        results: the tidy results frame or :class:`~mlquant.results.Results`.
+        baseline: quant label of the baseline (default: the run's, see :func:`mlquant.results.default_baseline`).
         kinds: task kinds (default: choice tasks; None: every task, e.g. to include exact-match MGSM).
         tasks: restrict to these task names.
-        by: grouping columns among ``quant``, ``task``, ``lang``.
+        by: grouping columns: ``quant`` and some of ``task``, ``lang``.
 
     Returns:
         One row per group: ``n`` (paired items), ``flips``, ``correct_to_wrong``, ``wrong_to_correct``,
@@ -265,24 +269,29 @@ def flip_rate(
     """
     import pandas as pd
 
+    from mlquant.results import default_baseline
+    from mlquant.stats import flips
+
+    columns = [*by, "n", "flips", "correct_to_wrong", "wrong_to_correct", "flip_rate", "acc_base", "acc"]
     bad = sorted(set(by) - {"quant", "task", "lang"})
-    if bad:
-        raise ConfigError(f"flip_rate: cannot group by {bad}; use some of quant, task, lang.")
-    pairs = _paired(results, baseline, ["score"], kinds, tasks, "flip_rate")
-    pairs = pairs[pairs["score"].notna() & pairs["score_base"].notna()]
-    q = pairs["score"].astype(float) >= 0.5
-    b = pairs["score_base"].astype(float) >= 0.5
-    pairs = pairs.assign(_c2w=(b & ~q).astype(int), _w2c=(~b & q).astype(int), _q=q.astype(int), _b=b.astype(int))
-    rows = []
-    for key, g in pairs.groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        n = len(g)
-        c2w, w2c = int(g["_c2w"].sum()), int(g["_w2c"].sum())
-        rows.append({**dict(zip(by, key)), "n": n, "flips": c2w + w2c, "correct_to_wrong": c2w,
-                     "wrong_to_correct": w2c, "flip_rate": (c2w + w2c) / n if n else math.nan,
-                     "acc_base": g["_b"].mean(), "acc": g["_q"].mean()})
-    return pd.DataFrame(rows, columns=[*by, "n", "flips", "correct_to_wrong", "wrong_to_correct", "flip_rate",
-                                       "acc_base", "acc"])
+    if bad or "quant" not in by:
+        raise ConfigError(f"flip_rate: by={list(by)}; use quant and some of task, lang.")
+    frame = _frame(results)
+    baseline = baseline or default_baseline(frame)
+    if kinds is not None:
+        frame = frame[frame["kind"].isin(list(kinds)) | (frame["quant"] == baseline)]
+    if tasks is not None:
+        frame = frame[frame["task"].isin(list(tasks))]
+    if not (frame["quant"] != baseline).any():
+        return pd.DataFrame(columns=columns)
+    table = flips(frame, baseline, by=[c for c in by if c != "quant"]).to_frame()
+    c2w, w2c, n = table["correct_to_wrong"], table["wrong_to_correct"], table["n"]
+    out = table.assign(
+        flips=c2w + w2c,
+        acc_base=table["baseline_correct"] / n,
+        acc=(table["baseline_correct"] - c2w + w2c) / n,
+    )
+    return out[columns].sort_values(list(by)).reset_index(drop=True)
 
 
 # ----- KL divergence of next-token distributions ----------------------------------------------------------------------
