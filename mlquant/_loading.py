@@ -1,4 +1,6 @@
-"""Loading transformers checkpoints: hub ids, local folders, GGUF files, and the embedded default model (private).
+"""Loading transformers checkpoints: hub ids, local folders, GGUF files, and the embedded default model (private);
+and the one place where device strings (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``), ``device_map`` values
+and ``dtype="auto"`` are checked and resolved.
 
 A GGUF file is dequantized to float by transformers (tens of seconds); the float weights and the tokenizer are
 cached under ``$MLQUANT_CACHE_DIR`` (default ``~/.cache/mlquant``) keyed by the GGUF file's sha256, so later
@@ -11,13 +13,16 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlquant.errors import ConfigError
+from mlquant._registry import did_you_mean
+from mlquant.errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,141 @@ CANARY_TEXTS = (
     "日本の首都は東京です。 Ελλάδα, Россия, हिन्दी, العربية, ภาษาไทย 12,345.67",
 )
 GEMMA3_CANARY_IDS = [2, 818, 5279, 529, 7001, 563, 9079, 236761]
+
+
+#: The device strings a study, ``load_model`` and ``mlquant run --device`` accept.
+DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
+_DEVICE = re.compile(r"^(?P<kind>cpu|cuda|mps)(?::(?P<index>\d+))?$")
+#: The string forms of ``device_map`` that transformers / accelerate accept.
+DEVICE_MAP_FORMS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device(device: Any) -> str:
+    """``device`` checked for form only (no torch import, no availability check), lower-cased and stripped.
+
+    Raises:
+        ConfigError: the value is not one of :data:`DEVICE_FORMS`; the message starts with ``device``.
+
+    Example:
+        >>> check_device("CUDA:1")
+        'cuda:1'
+    """
+    text = device.strip().lower() if isinstance(device, str) else None
+    m = _DEVICE.match(text) if text else None
+    if text == "auto" or (m is not None and (m["index"] is None or m["kind"] != "cpu")):
+        return str(text)
+    hint = did_you_mean(text, ["auto", "cpu", "cuda", "mps"]) if text else ""
+    raise ConfigError(f"device {device!r} is not a device.{hint} Expected one of: {', '.join(DEVICE_FORMS)}.")
+
+
+def device_kind(device: str) -> str:
+    """The device type of ``device`` (``cuda:1`` -> ``cuda``); ``auto`` is resolved on this machine first."""
+    text = check_device(device)
+    return resolve_device(text) if text == "auto" else text.partition(":")[0]
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """The torch device to load on: ``auto`` is the first of cuda, mps, cpu available here; an explicit device is
+    checked to exist. ``None`` means ``cpu``. Only ``cpu`` is answered without importing torch.
+
+    Raises:
+        ConfigError: the string is not a device (see :data:`DEVICE_FORMS`).
+        BackendUnavailableError: the device is not available on this machine (e.g. ``cuda`` without a GPU).
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+        >>> resolve_device("auto") in ("cuda", "mps", "cpu")
+        True
+    """
+    text = check_device("cpu" if device is None else device)
+    if text == "cpu":
+        return text
+    import torch
+
+    if text == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if _mps_available() else "cpu"
+    kind, _, index = text.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"device {text!r}: this machine has no usable CUDA GPU (torch {torch.__version__}, built for CUDA "
+                f"{torch.version.cuda or 'none'}; torch.cuda.is_available() is False). Use device: auto or cpu, or "
+                "install a CUDA build of torch (https://pytorch.org/get-started/locally/)."
+            )
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise BackendUnavailableError(
+                f"device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}."
+            )
+        return text
+    if not _mps_available():
+        raise BackendUnavailableError(
+            f"device {text!r}: MPS (Apple GPU) is not available here (torch.backends.mps.is_available() is False). "
+            "Use device: auto or cpu."
+        )
+    if index and int(index) != 0:
+        raise BackendUnavailableError(f"device {text!r}: there is one MPS device, mps:0.")
+    return text
+
+
+def check_device_map(device_map: Any) -> str | dict[str, Any] | None:
+    """A ``device_map`` for ``from_pretrained``, checked for form: None, one of :data:`DEVICE_MAP_FORMS`, or a
+    mapping of module names to devices (``{"": "cpu"}``, ``{"model.layers.0": 0, ...}``).
+
+    Raises:
+        ConfigError: naming the value and what is accepted; the message starts with ``device_map``.
+    """
+    if device_map is None:
+        return None
+    if isinstance(device_map, str) and device_map in DEVICE_MAP_FORMS:
+        return device_map
+    if isinstance(device_map, Mapping) and device_map and all(isinstance(k, str) for k in device_map):
+        good = all(
+            (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v in ("cpu", "disk"))
+            or (isinstance(v, str) and _DEVICE.match(v) is not None)
+            for v in device_map.values()
+        )
+        if good:
+            return dict(device_map)
+    hint = did_you_mean(device_map, DEVICE_MAP_FORMS) if isinstance(device_map, str) else ""
+    raise ConfigError(
+        f"device_map {device_map!r} is not a device map.{hint} Expected one of: {', '.join(DEVICE_MAP_FORMS)}, or a "
+        "mapping of module names to devices such as {'': 'cpu'} or {'model.layers.0': 0, 'lm_head': 'cpu'}."
+    )
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The torch dtype name to load in: ``auto`` is ``bfloat16`` on a cuda or mps device that supports it, else
+    ``float32``; any other value is returned as given.
+
+    Example:
+        >>> resolve_dtype("auto", "cpu"), resolve_dtype("float16", "cpu")
+        ('float32', 'float16')
+    """
+    if dtype != "auto":
+        return dtype
+    kind = device_kind(device)
+    if kind == "cpu":
+        return "float32"
+    import torch
+
+    if kind == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        torch.zeros(1, dtype=torch.bfloat16, device=device)
+    except (RuntimeError, TypeError):
+        return "float32"
+    return "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -134,26 +274,39 @@ def _tokenizer_ok(tok: Any, reference: Any | None) -> bool:
     return True
 
 
-def load_pretrained(source: ModelSource, dtype: str, device: str | None) -> tuple[Any, Any]:
-    """Load (torch model, tokenizer) for ``source`` in ``dtype`` on ``device``."""
+def load_pretrained(
+    source: ModelSource, dtype: str, device: str | None, device_map: str | Mapping[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """Load (torch model, tokenizer) for ``source`` in ``dtype`` on ``device``, or placed by ``device_map``
+    (accelerate; then ``device`` is not used to move the model)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = getattr(torch, dtype)
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailableError("device_map needs the package accelerate: pip install accelerate") from exc
+        placement["device_map"] = dict(device_map) if isinstance(device_map, Mapping) else device_map
+    model: Any
     if source.gguf_file is None:
         tok = AutoTokenizer.from_pretrained(source.path, revision=source.revision)
-        model = AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, revision=source.revision, dtype=torch_dtype, **placement
+        )
     else:
-        model, tok = _load_gguf_cached(source, torch_dtype)
+        model, tok = _load_gguf_cached(source, torch_dtype, placement)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    if device is not None:
+    if device is not None and device_map is None:
         model.to(device)
     return model, tok
 
 
-def _load_gguf_cached(source: ModelSource, torch_dtype: Any) -> tuple[Any, Any]:
+def _load_gguf_cached(source: ModelSource, torch_dtype: Any, placement: Mapping[str, Any]) -> tuple[Any, Any]:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,9 +314,10 @@ def _load_gguf_cached(source: ModelSource, torch_dtype: Any) -> tuple[Any, Any]:
     sha = source.file_sha256 or sha256_file(Path(source.path) / str(source.gguf_file))
     folder = cache_dir() / "gguf-float" / sha[:32]
     tok_folder = folder / f"tokenizer-transformers-{transformers.__version__}"
+    model: Any
     if (folder / "model" / "config.json").is_file():
         log.info("loading cached float weights of %s from %s", source.gguf_file, folder)
-        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch_dtype, **placement)
         if tok_folder.is_dir():
             tok = AutoTokenizer.from_pretrained(tok_folder)
             canary = json.loads((tok_folder / "mlquant_canary.json").read_text())
@@ -189,7 +343,10 @@ def _load_gguf_cached(source: ModelSource, torch_dtype: Any) -> tuple[Any, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _save_tokenizer(tok, tok_folder)
-    if torch_dtype != torch.float32:
+    if placement:  # placed by accelerate: load the float weights just saved, as the later loads do
+        del model
+        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch_dtype, **placement)
+    elif torch_dtype != torch.float32:
         model = model.to(torch_dtype)
     return model, tok
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mlquant._loading import ModelSource, resolve_source
+from mlquant._loading import ModelSource, device_kind, resolve_source
 from mlquant.cache import CachedModel, RequestCache
 from mlquant.cells import Cell, RunStats, Signature
 from mlquant.errors import ConfigError, MlquantError
@@ -40,12 +40,28 @@ class ModelPool:
         model: a model name, hub id, folder or ``.gguf`` file, or a :class:`~mlquant.requests.Model` object.
         batch_size: rows per forward pass of a loaded model.
         report_dir: run folder where quantization reports are written (``quant/<label>.parquet``); None: not written.
+        device: where a named model is loaded (``cpu`` when None; see :func:`mlquant.models.load_model`). A model
+            object stays where it is.
+        device_map: accelerate placement of a named model (passed to :func:`~mlquant.models.load_model`).
+        dtype: the dtype a named model is loaded in (the study's widest: ``float32`` when any spec computes in it).
     """
 
-    def __init__(self, model: str | Model, *, batch_size: int = 16, report_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Model,
+        *,
+        batch_size: int = 16,
+        report_dir: Path | None = None,
+        device: str | None = None,
+        device_map: str | Mapping[str, Any] | None = None,
+        dtype: str = "float32",
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
         self.report_dir = report_dir
+        self.device = device
+        self.device_map = device_map
+        self.dtype = dtype
         self.models_loaded = 0
         self._source: ModelSource | None = None
         self._base: Model | None = None
@@ -60,11 +76,19 @@ class ModelPool:
             return self._source
         return self.model.source if isinstance(self.model, HFModel) else None
 
+    def device_kind(self) -> str:
+        """The device type the models run on (``cpu``, ``cuda``, ``mps``), known without loading a named model."""
+        if isinstance(self.model, HFModel):
+            return str(self.model.device.type)
+        if isinstance(self.model, str):
+            return device_kind(self.device or "cpu")
+        return "cpu"
+
     def fingerprint(self, spec: QuantSpec) -> str:
         """The fingerprint ``spec``'s model will have (the request cache key), computed without loading it."""
         source = self.source()
         if source is not None:
-            return model_fingerprint(source, spec)
+            return model_fingerprint(source, spec, self.device_kind())
         if not isinstance(self.model, str) and spec == self.model.spec:
             return self.model.fingerprint()
         raise ConfigError(f"quant {spec.label}: a scripted model can only run its own spec ({self._spec_label()}).")
@@ -83,7 +107,10 @@ class ModelPool:
         """The unquantized model, loaded on first use."""
         if self._base is None:
             if isinstance(self.model, str):
-                self._base = load_model(self.model, batch_size=self.batch_size)
+                self._base = load_model(
+                    self.model, batch_size=self.batch_size, device=self.device, device_map=self.device_map,
+                    dtype=self.dtype,
+                )
             else:
                 self._base = self.model
                 self._seen[id(self._base)] = self._base.n_forward
@@ -98,7 +125,11 @@ class ModelPool:
             return base
         if not isinstance(base, HFModel):
             raise ConfigError(f"quant {spec.label}: a scripted model can only run its own spec ({base.spec.label}).")
-        model = quantize(base, spec)
+        # A quantized spec computes in its own dtype: quantize the base model cast to it (quantize() keeps the
+        # input's dtype), then drop the cast copy.
+        source = base if spec.is_baseline or spec.dtype == base.spec.dtype else base.to_dtype(spec.dtype)
+        model = quantize(source, spec)
+        del source
         if model is not base:
             self._built.append(model)
             report = model.quant_report

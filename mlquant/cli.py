@@ -78,13 +78,16 @@ def run(
     study_file: Path = typer.Argument(..., help="study YAML file"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<file stem>)"),
     quiet: bool = typer.Option(False, help="no progress bars"),
+    device: Optional[str] = typer.Option(
+        None, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:<index> | mps; overrides the file's device"
+    ),
 ) -> None:
     """Run (or resume) the study in STUDY_FILE; finished cells are never recomputed."""
     import mlquant as mq
     from mlquant.report import format_table, relative_change_table
 
     try:
-        study = mq.Study.from_yaml(study_file)
+        study = mq.Study.from_yaml(study_file, **({"device": device} if device is not None else {}))
         run_dir = out or Path("runs") / study_file.stem
         frame = study.run(run_dir, progress=not quiet).frame
     except MlquantError as exc:

@@ -17,10 +17,20 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mlquant._loading import DEFAULT_MODEL, ModelSource, load_pretrained, resolve_source
+from mlquant._loading import (
+    DEFAULT_MODEL,
+    ModelSource,
+    check_device,
+    check_device_map,
+    device_kind,
+    load_pretrained,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+)
 from mlquant.errors import ConfigError
 from mlquant.requests import (
     GenerateRequest,
@@ -36,7 +46,7 @@ from mlquant.spec import BASELINES, QuantSpec
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Model", "HFModel", "FakeModel", "load_model", "model_fingerprint", "DEFAULT_MODEL"]
+__all__ = ["Model", "HFModel", "FakeModel", "load_model", "model_fingerprint", "resolve_device", "DEFAULT_MODEL"]
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +55,24 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def model_fingerprint(source: ModelSource, spec: QuantSpec) -> str:
-    """Fingerprint of a model before it is loaded: model id, revision or file hash, and the full quant spec
-    (which carries the dtype). :meth:`HFModel.fingerprint` returns the same value once loaded.
+def model_fingerprint(source: ModelSource, spec: QuantSpec, device: str = "cpu") -> str:
+    """Fingerprint of a model before it is loaded: model id, revision or file hash, the full quant spec
+    (which carries the dtype) and the device type when it is not ``cpu`` (a GPU's kernels round differently; CPU
+    fingerprints are those of the versions before devices, so older request caches stay valid).
+    :meth:`HFModel.fingerprint` returns the same value once loaded.
 
     Example:
         >>> src = ModelSource("org/model", "org/model", revision="abc")
         >>> model_fingerprint(src, QuantSpec.parse("fp32")) != model_fingerprint(src, QuantSpec.parse("rtn-w8"))
         True
+        >>> model_fingerprint(src, QuantSpec.parse("fp32"), "cuda") != model_fingerprint(src, QuantSpec.parse("fp32"))
+        True
     """
+    kind = device.partition(":")[0]
+    where = {} if kind == "cpu" else {"device": kind}
     return _digest(
-        {"model": source.model_id, "revision": source.revision, "file_sha256": source.file_sha256, "quant": spec.fingerprint()}
+        {"model": source.model_id, "revision": source.revision, "file_sha256": source.file_sha256,
+         "quant": spec.fingerprint(), **where}
     )
 
 
@@ -160,11 +177,14 @@ class HFModel:
     # ----- identity -------------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.torch_model.parameters()).device
+        """The device of the first parameter: where inputs go (with a device_map, where the embeddings are)."""
+        first: torch.device = next(self.torch_model.parameters()).device
+        return first
 
     def fingerprint(self) -> str:
-        """sha256 over model id, revision or file hash, dtype and the full quantization spec."""
-        return model_fingerprint(self.source, self.spec)
+        """sha256 over model id, revision or file hash, dtype, the full quantization spec and the device type
+        (when not cpu; see :func:`model_fingerprint`)."""
+        return model_fingerprint(self.source, self.spec, self.device.type)
 
     def signature(self) -> str:
         rev = self.source.revision or (self.source.file_sha256 or "")[:12] or "main"
@@ -291,27 +311,53 @@ def load_model(
     revision: str | None = None,
     gguf_file: str | None = None,
     device: str | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
     batch_size: int = 16,
 ) -> HFModel:
     """Load a causal LM: ``"gemma3-270m"`` (the embedded default), a hub id, a local folder or a ``.gguf`` file.
 
     Args:
         name: model name or path.
-        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        dtype: ``float32`` (default), ``bfloat16``, ``float16``, or ``auto``: ``bfloat16`` on a cuda or mps device
+            that supports it, ``float32`` on the CPU.
         revision: hub revision (commit or tag) for reproducibility.
         gguf_file: a GGUF file inside the folder or hub repository ``name``.
-        device: torch device (default: CPU, or what the model was loaded on).
+        device: ``cpu`` (default), ``cuda``, ``cuda:<index>``, ``mps``, or ``auto`` (cuda, then mps, then cpu).
+            Checked before anything is loaded.
+        device_map: placement by accelerate for a model larger than one device (``"auto"``, ``"sequential"``, a
+            mapping such as ``{"": "cpu"}``), passed to ``from_pretrained``; the model is then not moved to
+            ``device``, which defaults to ``auto`` and must be where the first layer lands. ``"auto"`` with a
+            ``cpu`` device is ``{"": "cpu"}``.
         batch_size: rows per forward pass.
+
+    Raises:
+        ConfigError: an unknown dtype, device string or device_map form, or a device_map that put the model
+            elsewhere than ``device``.
+        BackendUnavailableError: the device is not available here (``cuda`` without a GPU), or device_map without
+            accelerate.
 
     Example:
         >>> model = load_model("gemma3-270m")  # doctest: +SKIP
         >>> model.spec.label  # doctest: +SKIP
         'fp32'
+        >>> load_model("gemma3-270m", device="auto", dtype="auto").device.type  # doctest: +SKIP
+        'cuda'
     """
+    placement = check_device_map(device_map)
+    target = resolve_device(check_device(device) if device is not None else ("auto" if placement else "cpu"))
+    dtype = resolve_dtype(dtype, target)
     if dtype not in BASELINES.values():
-        raise ConfigError(f"load_model: dtype {dtype!r} is not one of {sorted(BASELINES.values())}.")
+        raise ConfigError(f"load_model: dtype {dtype!r} is not one of {sorted(BASELINES.values())} or 'auto'.")
+    if placement == "auto" and target == "cpu":
+        placement = {"": "cpu"}
     source = resolve_source(name, revision=revision, gguf_file=gguf_file)
     if source.note:
         log.warning("%s: %s", source.model_id, source.note)
-    torch_model, tok = load_pretrained(source, dtype, device)
-    return HFModel(torch_model, tok, source, QuantSpec(method="none", dtype=dtype), batch_size=batch_size)
+    torch_model, tok = load_pretrained(source, dtype, target, placement)
+    model = HFModel(torch_model, tok, source, QuantSpec(method="none", dtype=dtype), batch_size=batch_size)
+    if placement is not None and model.device.type != device_kind(target):
+        raise ConfigError(
+            f"device_map {device_map!r} put the model's first layer on {model.device}, but device is {target!r}; "
+            f"set device to {model.device.type!r} (or auto), or give a device_map on {target!r}."
+        )
+    return model

@@ -22,10 +22,11 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from mlquant._loading import check_device, check_device_map, device_kind, resolve_device
 from mlquant._registry import did_you_mean
 from mlquant.data import data_dir
 from mlquant.errors import ConfigError
@@ -51,6 +52,8 @@ STUDY_KEYS = {
     "seed": "seed of the item sample and of sampling decoders",
     "batch_size": "rows per forward pass",
     "name": "a name for the study",
+    "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:<index> or mps (default cpu)",
+    "device_map": "accelerate placement for a model larger than one device: auto, sequential, ... or a mapping",
 }
 
 
@@ -114,9 +117,15 @@ class Study:
         limit: items per cell (a sample fixed by ``seed``), None for all.
         seed: seed of the sample and of sampling decoders.
         batch_size: rows per forward pass.
+        device: ``cpu`` (default), ``auto`` (cuda, then mps, then cpu), ``cuda``, ``cuda:<index>`` or ``mps``; the
+            form is checked here, the availability when the study runs (before any model loads). A model object
+            stays where it is (``device``, if given, must be its device type). A device other than ``cpu`` enters
+            the cell signatures (``torch:<version>@cuda``) and the request-cache fingerprints.
+        device_map: accelerate placement of a model larger than one device (``auto``, ``sequential``, a mapping);
+            ``device`` then defaults to ``auto``.
 
     Raises:
-        ConfigError: any invalid name, option, spec or language, before a model is loaded.
+        ConfigError: any invalid name, option, spec, language or device string, before a model is loaded.
     """
 
     def __init__(
@@ -129,6 +138,8 @@ class Study:
         seed: int = 0,
         batch_size: int = 16,
         name: str | None = None,
+        device: str | None = None,
+        device_map: str | Mapping[str, Any] | None = None,
     ) -> None:
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ConfigError(f"study: limit={limit!r}; expected a positive integer or null.")
@@ -138,6 +149,9 @@ class Study:
             raise ConfigError(f"study: batch_size={batch_size!r}; expected a positive integer.")
         self.model = model
         self.limit, self.seed, self.batch_size, self.name = limit, seed, batch_size, name
+        self.device_map = check_device_map(device_map)
+        self.device = self._check_device(model, device, self.device_map)
+        self._resolved_device: str | None = None
         self.specs = [s for i, q in enumerate(quant) for s in _expand_quant(q, f"quant[{i}]")]
         if not self.specs:
             raise ConfigError("study: 'quant' is empty.")
@@ -168,6 +182,46 @@ class Study:
         self.cells = self._plan(built)
         self.last_run = RunStats()
 
+    # ----- device -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_device(model: Any, device: str | None, device_map: Any) -> str:
+        """The study's device string, checked for form (a model object: its own device type)."""
+        wanted = check_device(device) if device is not None else None
+        if isinstance(model, str):
+            return wanted or ("auto" if device_map is not None else "cpu")
+        if device_map is not None:
+            raise ConfigError("device_map: applies to a named model only; a model object is already placed.")
+        from mlquant.models import HFModel
+
+        own = str(model.device.type) if isinstance(model, HFModel) else "cpu"
+        if wanted is not None and wanted != "auto" and wanted.partition(":")[0] != own:
+            raise ConfigError(
+                f"device {wanted!r} does not match the model object, which is on {own!r}; move the model "
+                "(model.torch_model.to(...)) or leave device unset."
+            )
+        return own
+
+    def resolved_device(self) -> str:
+        """The device this study runs on here (``auto`` resolved once; an explicit device checked to exist).
+
+        Raises:
+            BackendUnavailableError: the device is not available on this machine, e.g. ``cuda`` without a GPU.
+        """
+        if self._resolved_device is None:
+            self._resolved_device = self.device if not isinstance(self.model, str) else resolve_device(self.device)
+        return self._resolved_device
+
+    def device_kind(self) -> str:
+        """The device type of the cell signatures: ``cpu``, ``cuda`` or ``mps`` (``auto`` is resolved here; an
+        explicit device is not checked to exist, so a run folder's study.yaml reloads anywhere)."""
+        return device_kind(self.resolved_device() if self.device == "auto" else self.device)
+
+    def base_dtype(self) -> str:
+        """The dtype the base model is loaded in: the one every spec computes in, else ``float32`` (each other
+        dtype is cast from it, as before; a study of bf16 specs only never holds float32 weights)."""
+        dtypes = {s.dtype for s in self.specs}
+        return dtypes.pop() if len(dtypes) == 1 else "float32"
+
     # ----- planning -----------------------------------------------------------------------------------------------
     @staticmethod
     def _parse_languages(languages: Sequence[str] | str | None) -> list[Language] | None:
@@ -186,7 +240,9 @@ class Study:
                 langs = [task.check_language(code) for code in explicit]
             else:
                 root = data_dir()
-                where = "local" if root is not None and (root / task.benchmark).is_dir() else "any"
+                where: Literal["local", "any"] = (
+                    "local" if root is not None and (root / task.benchmark).is_dir() else "any"
+                )
                 have = set(task.languages(where=where))
                 wanted = self.languages if self.languages is not None else [get_language(c) for c in sorted(have)]
                 langs = [lang for lang in wanted if lang.code in have]
@@ -230,14 +286,20 @@ class Study:
             "limit": self.limit,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            "device": self._resolved_device or self.device,
+            "device_map": self.device_map,
         }
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> Study:
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Study:
         """Load a study file; unknown keys and bad values raise ConfigError naming the file, line and key.
+
+        ``overrides`` replace keys of the file (``mlquant run --device cuda`` passes ``device="cuda"``); an error
+        in an overridden value names the override instead of a line.
 
         Example:
             >>> Study.from_yaml("examples/demo.yaml")  # doctest: +SKIP
+            >>> Study.from_yaml("examples/demo.yaml", device="auto")  # doctest: +SKIP
         """
         path = Path(path)
         try:
@@ -255,11 +317,18 @@ class Study:
                     f"{path}, line {lines.get(key, '?')}: unknown key {key!r}.{did_you_mean(str(key), STUDY_KEYS)}"
                     f" Expected keys: {', '.join(STUDY_KEYS)}."
                 )
+        for key, value in overrides.items():
+            if key not in STUDY_KEYS:
+                raise ConfigError(f"{path}: cannot override unknown key {key!r}; expected one of {', '.join(STUDY_KEYS)}.")
+            raw[key] = value
         try:
             return cls(**raw)
         except ConfigError as exc:
             key = next((k for k in raw if str(exc).startswith((k, f"study: {k}", f"{k}["))), None)
-            where = f"{path}, line {lines[key]}" if key in lines else str(path)
+            if key in overrides:
+                where = f"{path} (overridden {key}={overrides[key]!r})"
+            else:
+                where = f"{path}, line {lines[key]}" if key in lines else str(path)
             raise ConfigError(f"{where}: {exc}") from exc
 
     def check_model_config(self) -> None:
@@ -284,9 +353,13 @@ class Study:
     def signature(self, cell: Cell, model_sig: str) -> Signature:
         """The signature of ``cell`` when the model's own signature is ``model_sig`` (``model:<id>@<revision>``).
 
-        A custom task label enters the signature; the default one does not, so older run folders stay valid.
+        A custom task label enters the signature; the default one does not, so older run folders stay valid. So does
+        the device: ``torch:<version>@cuda`` (or ``@mps``) on a GPU, plain ``torch:<version>`` on the CPU.
         """
         torch_version, transformers_version = library_versions()
+        kind = self.device_kind()
+        if kind != "cpu":
+            torch_version = f"{torch_version}@{kind}"
         return Signature(
             mlquant=__version__,
             model=model_sig.removeprefix("model:"),
@@ -316,11 +389,19 @@ class Study:
         from mlquant._runner import ModelPool, PlannedCell, Runner
         from mlquant.results import Results
 
+        device = self.resolved_device()  # an unavailable device fails here, before any model is loaded
         self.check_model_config()
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
         (root / "study.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
-        pool = ModelPool(self.model, batch_size=self.batch_size, report_dir=root)
+        pool = ModelPool(
+            self.model,
+            batch_size=self.batch_size,
+            report_dir=root,
+            device=device if isinstance(self.model, str) else None,
+            device_map=self.device_map,
+            dtype=self.base_dtype(),
+        )
         model_sig = pool.signature()
         plan = [PlannedCell(c, self.limit_for(c), self.seed, self.signature(c, model_sig)) for c in self.cells]
         runner = Runner(pool, plan, root, progress=progress, chunk_items=chunk_items)
