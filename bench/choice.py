@@ -337,7 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import mlquant as mq
-    from mlquant._loading import resolve_source
 
     load_before = _load()
     ml_sizes = [int(b) for b in _batch_sizes(args.mlquant_batch_sizes)]

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 from mlquant.errors import BackendUnavailableError, ConfigError, DataError, MlquantError, UnknownNameError
 from mlquant.languages import Language, get_language, list_languages
 from mlquant.quantize import list_methods, quantize
-from mlquant.spec import QuantSpec
 from mlquant.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
+from mlquant.spec import QuantSpec
 from mlquant.tasks import Item, ItemScore, Task, get_task, list_tasks, register_task
 from mlquant.version import __version__
-
 
 if TYPE_CHECKING:
     from mlquant.models import FakeModel, HFModel, Model, load_model

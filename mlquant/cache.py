@@ -26,15 +26,15 @@ from typing import Any
 from mlquant.errors import ConfigError
 from mlquant.requests import (
     GenerateRequest,
-    LoglikelihoodRequest,
     LanguageModel,
+    LoglikelihoodRequest,
     Request,
     RollingRequest,
     result_from_json,
     result_to_json,
 )
 
-__all__ = ["RequestCache", "CachedModel"]
+__all__ = ["CachedModel", "RequestCache"]
 
 
 class RequestCache:

@@ -31,17 +31,17 @@ from typing import Any
 from mlquant.errors import DataError
 
 __all__ = [
+    "CALIBRATION_IDS",
+    "EVAL_IDS",
+    "REPORT_IDS",
     "HubSource",
+    "available_languages",
     "data_dir",
+    "is_evaluation_id",
+    "load_rows",
     "local_file",
     "read_jsonl",
-    "load_rows",
-    "available_languages",
     "require",
-    "EVAL_IDS",
-    "CALIBRATION_IDS",
-    "REPORT_IDS",
-    "is_evaluation_id",
 ]
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,17 +24,17 @@ if TYPE_CHECKING:
     from mlquant.spec import QuantSpec
 
 __all__ = [
-    "LoglikelihoodRequest",
-    "RollingRequest",
     "GenerateRequest",
-    "Request",
-    "LoglikelihoodResult",
-    "RollingResult",
-    "result_to_json",
-    "result_from_json",
-    "cut_at_stop",
     "LanguageModel",
+    "LoglikelihoodRequest",
+    "LoglikelihoodResult",
     "Model",
+    "Request",
+    "RollingRequest",
+    "RollingResult",
+    "cut_at_stop",
+    "result_from_json",
+    "result_to_json",
 ]
 
 
@@ -91,7 +91,7 @@ class GenerateRequest:
         return _key(self.kind, fields)
 
 
-Request = Union[LoglikelihoodRequest, RollingRequest, GenerateRequest]
+Request = LoglikelihoodRequest | RollingRequest | GenerateRequest
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ __all__ = [
     "COLUMNS",
     "ResultRow",
     "Results",
+    "aggregate",
+    "cell_path",
+    "default_baseline",
     "read_results",
+    "safe_name",
     "write_cell",
     "write_judged",
     "write_table",
-    "cell_path",
-    "safe_name",
-    "aggregate",
-    "default_baseline",
 ]
 
 @dataclass(frozen=True)

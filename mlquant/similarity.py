@@ -43,16 +43,16 @@ if TYPE_CHECKING:
     from mlquant.models import HFModel
 
 __all__ = [
-    "Embedder",
     "SIMILARITY_METRICS",
+    "Embedder",
     "chrf",
-    "rouge_l",
-    "embedding_cosine",
     "default_embedder",
-    "output_similarity",
+    "embedding_cosine",
     "flip_rate",
-    "kl_divergence",
     "flores_kl",
+    "kl_divergence",
+    "output_similarity",
+    "rouge_l",
     "run_kl",
 ]
 

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from mlquant._registry import Registry, did_you_mean
 from mlquant.errors import ConfigError
 
-__all__ = ["QuantSpec", "MethodRules", "register_quantizer", "get_quantizer", "list_methods", "BASELINES", "Backend"]
+__all__ = ["BASELINES", "Backend", "MethodRules", "QuantSpec", "get_quantizer", "list_methods", "register_quantizer"]
 
 #: Unquantized baselines and their torch dtype names.
 BASELINES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -252,7 +252,9 @@ def _load_builtins() -> None:
                     raise
 
 
-def register_quantizer(quantizer: MethodRules, *, aliases: Mapping[str, Mapping[str, Any]] | None = None, overwrite: bool = False) -> None:
+def register_quantizer(
+    quantizer: MethodRules, *, aliases: Mapping[str, Mapping[str, Any]] | None = None, overwrite: bool = False
+) -> None:
     """Register a method; ``aliases`` map fixed labels (``smoothquant-w8a8``) to spec fields.
 
     Example:

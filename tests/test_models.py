@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import make_tiny
+
 from mlquant.models import FakeModel
 from mlquant.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
 

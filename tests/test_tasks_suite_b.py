@@ -399,7 +399,7 @@ class _ChatHandler(http.server.BaseHTTPRequestHandler):
     received: list[dict] = []
     fail_first: list[int] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])).decode("utf-8"))
         type(self).received.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         if type(self).fail_first:
@@ -520,7 +520,7 @@ def test_open_ended_hub_schema(tmp_path: Path) -> None:
 # ======================================================================================================================
 # Similarity to the baseline
 # ======================================================================================================================
-from mlquant import similarity as sim  # noqa: E402
+from mlquant import similarity as sim
 
 
 def test_multilingual_tokens() -> None:

@@ -27,16 +27,16 @@ if TYPE_CHECKING:
     from mlquant.models import HFModel
 
 __all__ = [
+    "BASELINES",
+    "Backend",
     "QuantSpec",
     "Quantizer",
     "Transformed",
-    "register_quantizer",
     "get_quantizer",
     "list_methods",
     "quantize",
+    "register_quantizer",
     "save_quantized",
-    "BASELINES",
-    "Backend",
 ]
 
 

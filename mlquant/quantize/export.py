@@ -91,8 +91,8 @@ def _float_copy(model: HFModel) -> Any:
     """A copy of the torch model with plain nn.Linear layers holding the effective (dequantized) weights."""
     import torch
 
-    from mlquant.quantize.report import effective_weight
     from mlquant.quantize._common import quantizable_linears
+    from mlquant.quantize.report import effective_weight
 
     torch_model = copy.deepcopy(model.torch_model)
     for name, module in list(quantizable_linears(torch_model)):

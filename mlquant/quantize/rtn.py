@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from mlquant.models import HFModel
 
-__all__ = ["fake_quantize", "quant_params", "RTNQuantizer", "quantizable_linears", "check_bits", "check_group_size"]
+__all__ = ["RTNQuantizer", "check_bits", "check_group_size", "fake_quantize", "quant_params", "quantizable_linears"]
 
 
 def check_bits(spec: QuantSpec, low: int = 2, high: int = 8) -> None:

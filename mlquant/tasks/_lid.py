@@ -13,7 +13,7 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from mlquant.errors import BackendUnavailableError, ConfigError
 
@@ -34,7 +34,7 @@ class LanguageDetector(Protocol):
     def detect(self, text: str) -> str | None: ...
 
 
-DetectorLike = Union[LanguageDetector, Callable[[str], Union[str, None]], str]
+DetectorLike = LanguageDetector | Callable[[str], str | None] | str
 
 
 class LinguaDetector:

@@ -17,7 +17,7 @@ import unicodedata
 
 from mlquant.languages import Language
 
-__all__ = ["ascii_digits", "extract_number", "normalize_number", "multilingual_tokens", "MultilingualTokenizer"]
+__all__ = ["MultilingualTokenizer", "ascii_digits", "extract_number", "multilingual_tokens", "normalize_number"]
 
 # A number: digits (any script after ascii_digits), optional sign, separators between digit groups.
 _NUMBER = re.compile(r"-?\d[\d,.\u00a0\u202f' ]*\d|-?\d")
@@ -25,7 +25,10 @@ _NUMBER = re.compile(r"-?\d[\d,.\u00a0\u202f' ]*\d|-?\d")
 
 def ascii_digits(text: str) -> str:
     """Replace every Unicode decimal digit (Bengali, Thai, full-width, ...) by its ASCII digit."""
-    return "".join(str(unicodedata.digit(ch)) if ch.isdigit() and not ch.isascii() and unicodedata.digit(ch, None) is not None else ch for ch in text)
+    return "".join(
+        str(unicodedata.digit(ch)) if ch.isdigit() and not ch.isascii() and unicodedata.digit(ch, None) is not None else ch
+        for ch in text
+    )
 
 
 def normalize_number(raw: str, lang: Language) -> str | None:

@@ -50,7 +50,9 @@ class Belebele(ChoiceTask):
         for i, row in enumerate(self.rows(lang)):
             choices = require(row, "choices", list)
             if len(choices) != 4:
-                raise DataError(f"{row['_file']}, line {row['_line']}: field 'choices' has {len(choices)} options; expected 4.")
+                raise DataError(
+                    f"{row['_file']}, line {row['_line']}: field 'choices' has {len(choices)} options; expected 4."
+                )
             label = require(row, "label", int)
             if not 0 <= label < 4:
                 raise DataError(f"{row['_file']}, line {row['_line']}: field 'label' is {label}; expected 0-3.")

@@ -63,12 +63,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JUDGE_TEMPLATE",
-    "OpenEnded",
     "OpenAIChatModel",
+    "OpenEnded",
     "judge_pairs",
     "judge_results",
-    "win_rates",
     "parse_verdict",
+    "win_rates",
 ]
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,8 @@ def judge_results(
 
     Example:
         >>> df = mq.read_results("runs/demo")  # doctest: +SKIP
-        >>> judged = judge_results(df, judge=OpenAIChatModel("https://api.openai.com", "gpt-4o"), baseline="fp16")  # doctest: +SKIP
+        >>> judge = OpenAIChatModel("https://api.openai.com", "gpt-4o")  # doctest: +SKIP
+        >>> judged = judge_results(df, judge=judge, baseline="fp16")  # doctest: +SKIP
         >>> win_rates(judged)  # doctest: +SKIP
     """
     import pandas as pd
@@ -438,7 +439,8 @@ def win_rates(judged: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang"
 
     Example:
         >>> import pandas as pd
-        >>> win_rates(pd.DataFrame({"quant": "w4", "outcome": ["win", "tie", "loss", "loss"]}), by=["quant"]).round(3).values.tolist()
+        >>> verdicts = pd.DataFrame({"quant": "w4", "outcome": ["win", "tie", "loss", "loss"]})
+        >>> win_rates(verdicts, by=["quant"]).round(3).values.tolist()
         [['w4', 4, 0.25, 0.25, 0.5, 0.375]]
     """
     import pandas as pd

@@ -31,7 +31,6 @@ from mlquant.requests import GenerateRequest, Request
 from mlquant.tasks import Item, ItemScore, Task, register_task
 from mlquant.tasks._scoring import extract_number
 
-
 Mode = Literal["few_shot", "zero_shot_cot"]
 Digits = Literal["ascii", "native"]
 

@@ -30,7 +30,7 @@ from mlquant.errors import ConfigError, DataError
 from mlquant.languages import Language, list_languages
 from mlquant.tasks import ChoiceTask, Item, register_task
 
-__all__ = ["MMLU", "LETTERS", "M_MMLU_CONFIGS"]
+__all__ = ["LETTERS", "MMLU", "M_MMLU_CONFIGS"]
 
 LETTERS = ("A", "B", "C", "D")
 

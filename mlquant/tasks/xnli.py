@@ -30,7 +30,7 @@ from mlquant.errors import DataError
 from mlquant.languages import Language
 from mlquant.tasks import ChoiceTask, Item, register_task
 
-__all__ = ["XNLI", "LABELS"]
+__all__ = ["LABELS", "XNLI"]
 
 #: The label order of facebook/xnli and the prompt word of each.
 LABELS = ("entailment", "neutral", "contradiction")
@@ -62,7 +62,8 @@ class XNLI(ChoiceTask):
                     f"{row['_file']}, line {row['_line']}: field 'label' is {label}; expected 0, 1 or 2 "
                     "(entailment, neutral, contradiction)."
                 )
-            data = {"premise": require(row, "premise").strip(), "hypothesis": require(row, "hypothesis").strip(), "label": label}
+            premise, hypothesis = require(row, "premise").strip(), require(row, "hypothesis").strip()
+            data = {"premise": premise, "hypothesis": hypothesis, "label": label}
             items.append(Item(id=str(row.get("id", i)), data=data))
         return items
 

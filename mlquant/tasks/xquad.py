@@ -38,7 +38,7 @@ from mlquant.languages import Language
 from mlquant.requests import GenerateRequest, Request
 from mlquant.tasks import Item, ItemScore, Task, register_task
 
-__all__ = ["XQuAD", "normalize_answer", "answer_tokens", "squad_f1", "squad_exact_match"]
+__all__ = ["XQuAD", "answer_tokens", "normalize_answer", "squad_exact_match", "squad_f1"]
 
 _EN_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
