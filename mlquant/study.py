@@ -324,7 +324,9 @@ class Study:
         try:
             return cls(**raw)
         except ConfigError as exc:
-            key = next((k for k in raw if str(exc).startswith((k, f"study: {k}", f"{k}["))), None)
+            # The longest key the message starts with: 'device_map ...' is about device_map, not device.
+            starts = [k for k in raw if str(exc).startswith((k, f"study: {k}", f"{k}["))]
+            key = max(starts, key=len) if starts else None
             if key in overrides:
                 where = f"{path} (overridden {key}={overrides[key]!r})"
             else:

@@ -223,8 +223,8 @@ def test_yaml_bad_device_names_file_line_and_key(tmp_path: Path, tiny_llama_dir:
     path = write_study(tmp_path, tiny_llama_dir, "seed: 0\ndevice: gpu\n")
     with pytest.raises(ConfigError, match=r"study.yaml, line 7: device 'gpu' is not a device\. .*Expected one of: auto, cpu"):
         mq.Study.from_yaml(path)
-    path = write_study(tmp_path, tiny_llama_dir, "device_map: atuo\n")
-    with pytest.raises(ConfigError, match=r"study.yaml, line 6: device_map 'atuo' is not a device map\. Did you mean 'auto'"):
+    path = write_study(tmp_path, tiny_llama_dir, "device: cuda\ndevice_map: atuo\n")
+    with pytest.raises(ConfigError, match=r"study.yaml, line 7: device_map 'atuo' is not a device map\. Did you mean 'auto'"):
         mq.Study.from_yaml(path)
     path = write_study(tmp_path, tiny_llama_dir, "device: cpu\n")
     with pytest.raises(ConfigError, match=r"study.yaml \(overridden device='gpu'\): device 'gpu' is not a device"):
