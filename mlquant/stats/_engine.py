@@ -31,7 +31,7 @@ from scipy.special import ndtr, ndtri
 from mlquant.errors import ConfigError
 from mlquant.stats._frame import Paired, Weighting
 
-__all__ = ["Bootstrap", "GroupCI", "cell_stats", "point_estimates", "jackknife_accel", "intervals"]
+__all__ = ["Bootstrap", "GroupCI", "cell_stats", "intervals", "jackknife_accel", "point_estimates"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ def _varies(code: np.ndarray, group_of_cell: np.ndarray, n_groups: int) -> np.nd
     hi = np.full(n_groups, np.iinfo(np.int64).min)
     np.minimum.at(lo, group_of_cell, code)
     np.maximum.at(hi, group_of_cell, code)
-    return lo != hi
+    varies: np.ndarray = lo != hi
+    return varies
 
 
 def point_estimates(paired: Paired, group_of_cell: np.ndarray, n_groups: int, weighting: Weighting) -> pd.DataFrame:
@@ -117,7 +118,7 @@ def point_estimates(paired: Paired, group_of_cell: np.ndarray, n_groups: int, we
     def gsum(x: np.ndarray) -> np.ndarray:
         return np.bincount(group_of_cell, weights=x, minlength=n_groups)
 
-    out = pd.DataFrame(
+    out: pd.DataFrame = pd.DataFrame(  # annotated: pandas-stubs' Self is Any under python 3.10
         {
             "n": gsum(cells["n"].to_numpy(float)).astype(int),
             "n_units": gsum(cells["n_units"].to_numpy(float)).astype(int),
@@ -141,7 +142,9 @@ def point_estimates(paired: Paired, group_of_cell: np.ndarray, n_groups: int, we
     out["metric"] = np.where(mixed_metric, "mixed", np.asarray(metric_names, dtype=object)[metric_code[first]])
     hib = cells["higher_is_better"].to_numpy(bool)
     mixed_hib = _varies(hib.astype(np.int64), group_of_cell, n_groups)
-    out["higher_is_better"] = np.where(mixed_hib, None, hib[first]).astype(object)
+    hib_of_group = hib[first].astype(object)
+    hib_of_group[mixed_hib] = None  # a group mixing directions has no single direction
+    out["higher_is_better"] = hib_of_group
     return out
 
 
@@ -192,7 +195,8 @@ def _counted_order_stats(x: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     # Every row holds n_res replicates, so the counts before row r sum to r * n_res.
     target = ranks + 1 + (np.arange(n_rows) * n_res)[:, None]
     pos = np.searchsorted(cum, target)
-    return lo[:, None] + (pos - offs[:, None])
+    stats: np.ndarray = lo[:, None] + (pos - offs[:, None])
+    return stats
 
 
 def intervals(
@@ -253,7 +257,7 @@ def intervals(
 
 def _single_precision(x: np.ndarray) -> np.ndarray:
     """Round to the 7 significant digits the float32 replicates carry (-0.06400000304 -> -0.064)."""
-    out = x.copy()
+    out: np.ndarray = x.copy()
     ok = np.isfinite(out) & (out != 0)
     mag = np.floor(np.log10(np.abs(out[ok])))
     scale = 10.0 ** (6 - mag)

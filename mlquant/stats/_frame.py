@@ -33,7 +33,7 @@ from mlquant.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Paired", "pair", "as_frame", "subset", "binary_cells", "Weighting"]
+__all__ = ["Paired", "Weighting", "as_frame", "binary_cells", "pair", "subset"]
 
 Weighting = Literal["language", "item"]
 
@@ -109,7 +109,8 @@ class Paired:
     @property
     def item_id(self) -> np.ndarray:
         """Item id (str) of each paired item."""
-        return self.item_labels[self.item_code]
+        ids: np.ndarray = self.item_labels[self.item_code]
+        return ids
 
     @property
     def n_cells(self) -> int:
@@ -241,7 +242,12 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
         return results
     cached = getattr(results, "paired", None)
     if callable(cached) and isinstance(getattr(results, "frame", None), pd.DataFrame):  # mlquant.Results: pair once
-        return cached(baseline)
+        paired = cached(baseline)
+        if not isinstance(paired, Paired):
+            raise ConfigError(
+                f"{type(results).__name__}.paired({baseline!r}) returned {type(paired).__name__}; expected a Paired."
+            )
+        return paired
     frame = as_frame(results)
     _check_columns(frame)
     if len(frame) == 0:
@@ -504,4 +510,5 @@ def binary_cells(paired: Paired) -> np.ndarray:
     """Boolean per cell: every baseline and quantized score is 0 or 1 (accuracy-like)."""
     is_bin = ((paired.b == 0) | (paired.b == 1)) & ((paired.q == 0) | (paired.q == 1))
     bad = np.bincount(paired.cell, weights=(~is_bin).astype(float), minlength=paired.n_cells)
-    return bad == 0
+    binary: np.ndarray = bad == 0
+    return binary

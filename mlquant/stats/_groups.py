@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ import pandas as pd
 from mlquant.errors import ConfigError, MlquantError
 from mlquant.stats._frame import LANG_META, Paired, Weighting, _combine
 
-__all__ = ["GROUPABLE", "group_cells", "language_meta", "check_weighting", "check_group_metrics"]
+__all__ = ["GROUPABLE", "check_group_metrics", "check_weighting", "group_cells", "language_meta"]
 
 #: Names accepted in ``by``: the cell keys, the cell metadata, and ``latin`` (Latin / non-Latin script).
 GROUPABLE: tuple[str, ...] = (
@@ -50,7 +49,7 @@ def language_meta(paired: Paired, columns: Sequence[str]) -> pd.DataFrame:
     Raises:
         ConfigError: a language is unknown and the frame does not give the value.
     """
-    cells = paired.cells.copy()
+    cells: pd.DataFrame = paired.cells.copy()  # annotated: pandas-stubs' Self is Any under python 3.10
     need = {"script" if c == "latin" else c for c in columns if c in (*LANG_META, "latin")}
     for col in sorted(need):
         if col not in cells.columns:
@@ -67,11 +66,12 @@ def language_meta(paired: Paired, columns: Sequence[str]) -> pd.DataFrame:
     return cells
 
 
-def _lang_attr(lang: str, col: str) -> Any:
+def _lang_attr(lang: str, col: str) -> str | int:
     from mlquant.languages import get_language
 
     try:
-        return getattr(get_language(lang), col)
+        value: str | int = getattr(get_language(lang), col)  # script / family (str), resource_class (int)
+        return value
     except MlquantError as exc:
         raise ConfigError(
             f"cannot group by {col!r}: the results give no {col!r} for language {lang!r} and its language file "
@@ -114,7 +114,7 @@ def check_weighting(weighting: str) -> Weighting:
     """Validate a ``weighting`` argument."""
     if weighting not in ("language", "item"):
         raise ConfigError(f"weighting must be 'language' or 'item', got {weighting!r}.")
-    return weighting  # type: ignore[return-value]
+    return "language" if weighting == "language" else "item"
 
 
 def check_group_metrics(paired: Paired, group_of_cell: np.ndarray, weighting: Weighting) -> None:

@@ -235,10 +235,8 @@ def bootstrap_cells(paired: Paired, spec: Bootstrap) -> GroupCI:
             counted = bool(unit_w[chunk].all())
             d = np.einsum("ckr,ck->cr", g, coef[0][sl])
             b = np.einsum("ckr,ck->cr", g, coef[1][sl])
-            if counted:  # unit weights, one item per unit: W* = m and D* is an integer
-                w = np.full_like(d, float(m))
-            else:
-                w = np.einsum("ckr,ck->cr", g, coef[2][sl])
+            # Unit weights, one item per unit: W* = m and D* is an integer.
+            w = np.full_like(d, float(m)) if counted else np.einsum("ckr,ck->cr", g, coef[2][sl])
             bad |= finish(chunk, d, b, w, counted=counted)
     rest = np.flatnonzero(~small)
     if len(rest):

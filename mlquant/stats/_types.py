@@ -38,7 +38,9 @@ class FrameResult:
 
     def to_frame(self) -> pd.DataFrame:
         """A copy of the result table (one row per cell or group)."""
-        return self._frame.copy()
+        # Annotated: under python_version 3.10, pandas-stubs' ``Self`` (typing, 3.11+) degrades to Any.
+        frame: pd.DataFrame = self._frame.copy()
+        return frame
 
     def __len__(self) -> int:
         return len(self._frame)
@@ -79,14 +81,15 @@ class TestResult:
         """A one-row frame."""
         row = {**self.keys, "test": self.test, "n": self.n, "estimate": self.estimate}
         row.update(statistic=self.statistic, p_value=self.p_value, p_adjusted=self.p_adjusted, **self.details)
-        return pd.DataFrame([row])
+        frame: pd.DataFrame = pd.DataFrame([row])  # annotated: pandas-stubs' Self is Any under python 3.10
+        return frame
 
 
 def iter_results(frame: pd.DataFrame, keys: list[str], test_col: str = "test") -> Iterator[TestResult]:
     """Rows of a test table as :class:`TestResult` records."""
     core = {"test", "n", "estimate", "statistic", "p_value", "p_adjusted"}
     for rec in frame.to_dict("records"):
-        details = {k: v for k, v in rec.items() if k not in core and k not in keys}
+        details = {str(k): v for k, v in rec.items() if k not in core and k not in keys}
         yield TestResult(
             keys={k: rec[k] for k in keys},
             test=str(rec.get(test_col, "")),

@@ -37,7 +37,7 @@ from mlquant.stats._groups import check_group_metrics, check_weighting, group_ce
 from mlquant.stats._resample import bootstrap_cells, bootstrap_groups
 from mlquant.stats._types import FrameResult, format_frame
 
-__all__ = ["ChangeTable", "relative_change", "recovery", "paired_bootstrap", "change_table"]
+__all__ = ["ChangeTable", "change_table", "paired_bootstrap", "recovery", "relative_change"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +102,7 @@ def change_table(
         frame["rel_change_lo"], frame["rel_change_hi"] = res.rel[:, 0], res.rel[:, 1]
         frame["recovery_lo"], frame["recovery_hi"] = 100.0 + res.rel[:, 0], 100.0 + res.rel[:, 1]
     lead = [c for c in groups.columns if c not in ("n_cells", "n_langs")]
-    order = lead + ["n_cells", "n_langs", "n", "n_units", "weighting", "metric", "higher_is_better"]
+    order = [*lead, "n_cells", "n_langs", "n", "n_units", "weighting", "metric", "higher_is_better"]
     order += ["baseline", "quantized", "diff"]
     order += ["diff_lo", "diff_hi"] if ci is not None else []
     main = ["rel_change", "recovery"] if measure == "rel_change" else ["recovery", "rel_change"]

@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 
 from mlquant.errors import ConfigError, DataError
-from mlquant.stats._frame import binary_cells, pair, subset
+from mlquant.stats._frame import Paired, binary_cells, pair, subset
 from mlquant.stats._groups import group_cells
 from mlquant.stats._types import FrameResult, format_frame
 
-__all__ = ["FlipTable", "flips", "choice_margin"]
+__all__ = ["FlipTable", "choice_margin", "flips"]
 
 
 def choice_margin(extra: Any, target: Any) -> float:
@@ -53,10 +53,12 @@ def choice_margin(extra: Any, target: Any) -> float:
             return math.nan
     if not isinstance(extra, dict):
         return math.nan
-    lps = extra.get("logprobs")
+    raw = extra.get("logprobs")
+    if raw is None:
+        return math.nan
     try:
         gold = int(str(target).strip())
-        lps = [float(x) for x in lps]  # type: ignore[union-attr]
+        lps = [float(x) for x in raw]
     except (TypeError, ValueError):
         return math.nan
     if not 0 <= gold < len(lps) or len(lps) < 2:
@@ -89,11 +91,13 @@ class FlipTable(FrameResult):
 
     def flipped_items(self) -> pd.DataFrame:
         """One row per flipped item: keys, item_id, direction, baseline/quantized margin, target, answers."""
-        return self._items.copy()
+        items: pd.DataFrame = self._items.copy()  # annotated: pandas-stubs' Self is Any under python 3.10
+        return items
 
     def by_margin(self) -> pd.DataFrame:
         """Accuracy drop and flip rates per quant and baseline-margin bin (quantile bins; empty without logprobs)."""
-        return self._margins.copy()
+        margins: pd.DataFrame = self._margins.copy()  # annotated: pandas-stubs' Self is Any under python 3.10
+        return margins
 
     def __str__(self) -> str:
         text = f"flips vs {self.baseline!r}\n" + format_frame(self._frame, digits=4, max_rows=200)
@@ -184,11 +188,11 @@ def _margins(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     return vals[inv]
 
 
-def _flipped(paired: Any, flipped: np.ndarray, loss: np.ndarray, margin_b: np.ndarray) -> pd.DataFrame:
+def _flipped(paired: Paired, flipped: np.ndarray, loss: np.ndarray, margin_b: np.ndarray) -> pd.DataFrame:
     idx = np.flatnonzero(flipped)
     cells = paired.cells
     keys = list(paired.keys)
-    out = cells.iloc[paired.cell[idx]][keys].reset_index(drop=True)
+    out: pd.DataFrame = cells.iloc[paired.cell[idx]][keys].reset_index(drop=True)
     out["item_id"] = paired.item_id[idx]
     out["direction"] = np.where(loss[idx], "correct->wrong", "wrong->correct")
     out["baseline_margin"] = margin_b[idx]
@@ -204,21 +208,23 @@ def _flipped(paired: Any, flipped: np.ndarray, loss: np.ndarray, margin_b: np.nd
     return out
 
 
-def _by_margin(paired: Any, margin_b: np.ndarray, bins: int) -> pd.DataFrame:
+def _by_margin(paired: Paired, margin_b: np.ndarray, bins: int) -> pd.DataFrame:
     ok = np.isfinite(margin_b)
     if not ok.any():
-        return pd.DataFrame()
+        empty: pd.DataFrame = pd.DataFrame()  # annotated: pandas-stubs' Self is Any under python 3.10
+        return empty
     _, edges = pd.qcut(np.unique(margin_b[ok]), q=bins, retbins=True, duplicates="drop")
     if len(edges) < 2:
         edges = np.array([margin_b[ok].min(), margin_b[ok].max()])
     lead = [k for k in paired.keys if k in ("model", "quant")]
-    df = paired.cells.iloc[paired.cell[ok]][lead].reset_index(drop=True)
-    df["bin"] = pd.cut(margin_b[ok], bins=edges, include_lowest=True)
+    df: pd.DataFrame = paired.cells.iloc[paired.cell[ok]][lead].reset_index(drop=True)
+    # edges as a list: pandas-stubs' cut() does not accept an ndarray of bins (pandas does, and converts either alike)
+    df["bin"] = pd.cut(margin_b[ok], bins=edges.tolist(), include_lowest=True)
     df["b"], df["q"] = paired.b[ok], paired.q[ok]
     df["loss"] = (df["b"] == 1) & (df["q"] == 0)
     df["gain"] = (df["b"] == 0) & (df["q"] == 1)
     grp = df.groupby([*lead, "bin"], observed=True, sort=False)
-    out = grp.agg(
+    out: pd.DataFrame = grp.agg(  # annotated: pandas-stubs type this groupby as Any
         n=("b", "size"), baseline=("b", "mean"), quantized=("q", "mean"), losses=("loss", "sum"), gains=("gain", "sum")
     ).reset_index()
     out["margin_lo"] = [iv.left for iv in out["bin"]]
@@ -226,6 +232,7 @@ def _by_margin(paired: Any, margin_b: np.ndarray, bins: int) -> pd.DataFrame:
     out["drop_points"] = 100.0 * (out["baseline"] - out["quantized"])
     out["flip_rate"] = (out["losses"] + out["gains"]) / out["n"]
     out = out.drop(columns=["bin"]).sort_values([*lead, "margin_lo"], kind="stable").reset_index(drop=True)
-    return out[
+    table: pd.DataFrame = out[  # annotated: pandas-stubs type frame[list] as Any
         [*lead, "margin_lo", "margin_hi", "n", "baseline", "quantized", "drop_points", "losses", "gains", "flip_rate"]
     ]
+    return table

@@ -35,7 +35,7 @@ from mlquant.stats._frame import binary_cells, pair
 from mlquant.stats._groups import group_cells
 from mlquant.stats._types import FrameResult, format_frame
 
-__all__ = ["PowerTable", "power", "minimum_detectable_difference", "required_n"]
+__all__ = ["PowerTable", "minimum_detectable_difference", "power", "required_n"]
 
 
 def _z(alpha: float, target: float) -> tuple[float, float]:
@@ -68,7 +68,8 @@ def minimum_detectable_difference(
     psi = np.asarray(discordance, dtype=float)
     inner = np.maximum(n - za**2 + zb**2, 0.0)
     out = np.sqrt(psi) * (za * np.sqrt(n) + zb * np.sqrt(inner)) / (n + zb**2)
-    return np.minimum(out, psi)
+    mdd: np.ndarray = np.minimum(out, psi)
+    return mdd
 
 
 def required_n(
@@ -90,7 +91,8 @@ def required_n(
     if np.any(d <= 0):
         raise ConfigError("drop must be non-zero (in score units: 0.02 = 2 accuracy points).")
     psi = np.maximum(np.asarray(discordance, dtype=float), d)
-    return np.ceil((za * np.sqrt(psi) + zb * np.sqrt(psi - d**2)) ** 2 / d**2)
+    needed: np.ndarray = np.ceil((za * np.sqrt(psi) + zb * np.sqrt(psi - d**2)) ** 2 / d**2)
+    return needed
 
 
 @dataclass(frozen=True, eq=False)

@@ -48,7 +48,7 @@ from mlquant.stats._types import FrameResult, format_frame
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Coefficient", "MixedEffectsResult", "mixed_effects", "drop_frame"]
+__all__ = ["Coefficient", "MixedEffectsResult", "drop_frame", "mixed_effects"]
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def _full_rank(data: pd.DataFrame, terms: list[str], notes: list[str]) -> list[s
 
     kept: list[str] = []
     for term in terms:
-        trial = kept + [term]
+        trial = [*kept, term]
         x = patsy.dmatrix(" + ".join(trial), data, return_type="dataframe").to_numpy()
         if np.linalg.matrix_rank(x) == x.shape[1]:
             kept.append(term)
@@ -232,13 +232,14 @@ def _start(data: pd.DataFrame, resid: np.ndarray, with_items: bool) -> tuple[flo
     return su2 / se2, sv2 / se2
 
 
-def _blas_one_thread() -> contextlib.AbstractContextManager[Any]:
+def _blas_one_thread() -> contextlib.AbstractContextManager[object]:
     # Small dense solves are far faster single-threaded on a busy machine (OpenBLAS spins otherwise).
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's usual installs
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    limiter: contextlib.AbstractContextManager[object] = threadpool_limits(limits=1, user_api="blas")  # untyped package
+    return limiter
 
 
 def _rename(term: str) -> str:

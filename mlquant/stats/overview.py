@@ -65,11 +65,13 @@ class Summary(FrameResult):
 
     def groups(self) -> pd.DataFrame:
         """Grouping answers: one row per (grouping, quant, value) with the mean relative change and its CI."""
-        return self._groups.copy()
+        groups: pd.DataFrame = self._groups.copy()  # annotated: pandas-stubs' Self is Any under python 3.10
+        return groups
 
     def contrasts(self) -> pd.DataFrame:
         """Non-Latin minus Latin mean relative change per quant, with its bootstrap CI."""
-        return self._contrasts.copy()
+        contrasts: pd.DataFrame = self._contrasts.copy()  # annotated: pandas-stubs' Self is Any under python 3.10
+        return contrasts
 
     def __str__(self) -> str:
         st = self.settings
@@ -192,6 +194,7 @@ def _latin_contrast(frame: pd.DataFrame, reps: np.ndarray, spec: Bootstrap) -> p
         not in ("grouping", "value", "n_cells", "n_langs", "rel_change", "weighting", "rel_change_lo", "rel_change_hi")
     ]
     alpha = (1 - spec.confidence) / 2
+    rel, n_langs = frame["rel_change"], frame["n_langs"]
     out = []
     for key, sub in frame.groupby(lead, sort=False):
         levels = dict(zip(sub["value"], sub.index, strict=True))
@@ -201,12 +204,13 @@ def _latin_contrast(frame: pd.DataFrame, reps: np.ndarray, spec: Bootstrap) -> p
         diff = reps[i] - reps[j]
         diff = diff[np.isfinite(diff)]
         lo, hi = np.quantile(diff, [alpha, 1 - alpha]) if len(diff) else (np.nan, np.nan)
-        row = dict(zip(lead, key if isinstance(key, tuple) else (key,), strict=True))
-        row.update(latin=frame.loc[j, "rel_change"], non_latin=frame.loc[i, "rel_change"])
-        row.update(difference=frame.loc[i, "rel_change"] - frame.loc[j, "rel_change"], lo=lo, hi=hi)
-        row.update(n_latin=int(frame.loc[j, "n_langs"]), n_non_latin=int(frame.loc[i, "n_langs"]))
+        row: dict[str, object] = dict(zip(lead, key if isinstance(key, tuple) else (key,), strict=True))
+        row.update(latin=rel.loc[j], non_latin=rel.loc[i])
+        row.update(difference=rel.loc[i] - rel.loc[j], lo=lo, hi=hi)
+        row.update(n_latin=int(n_langs.loc[j]), n_non_latin=int(n_langs.loc[i]))
         out.append(row)
-    return pd.DataFrame(out)
+    contrasts: pd.DataFrame = pd.DataFrame(out)  # annotated: pandas-stubs' Self is Any under python 3.10
+    return contrasts
 
 
 def summary(
@@ -256,8 +260,8 @@ def summary(
         if not other[keys].astype(str).equals(change[keys].astype(str)):  # pragma: no cover - same grouping
             raise RuntimeError("internal error: cell order differs between statistics")
     cells = change[
-        keys
-        + [
+        [
+            *keys,
             "metric",
             "higher_is_better",
             "n",

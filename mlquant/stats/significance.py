@@ -39,7 +39,7 @@ from mlquant.stats._frame import Paired, binary_cells, pair, subset
 from mlquant.stats._groups import group_cells
 from mlquant.stats._types import FrameResult, TestResult, format_frame, iter_results
 
-__all__ = ["TestTable", "mcnemar", "permutation_test", "wilcoxon", "adjust"]
+__all__ = ["TestTable", "adjust", "mcnemar", "permutation_test", "wilcoxon"]
 
 _METHODS = {
     "holm": "holm",
@@ -276,7 +276,8 @@ def permutation_test(
 
 
 def _nonzero(x: np.ndarray) -> np.ndarray:
-    return x[x != 0]
+    nonzero: np.ndarray = x[x != 0]
+    return nonzero
 
 
 def _monte_carlo(mags: list[np.ndarray], t_obs: np.ndarray, ids: np.ndarray, n_res: int, seed: int) -> np.ndarray:
