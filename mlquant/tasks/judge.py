@@ -53,7 +53,7 @@ from mlquant.requests import (
     RollingResult,
     cut_at_stop,
 )
-from mlquant.tasks import Item, ItemScore, Task, register_task
+from mlquant.tasks import Difficulty, Item, ItemScore, Task, TaskKind, register_task
 from mlquant.tasks.confusion import Template, format_prompt
 
 if TYPE_CHECKING:
@@ -124,8 +124,8 @@ class OpenEnded(Task):
 
     name: ClassVar[str] = "open_ended"
     version: ClassVar[str] = "1.0"
-    kind: ClassVar[str] = "generate"  # type: ignore[assignment]
-    difficulty: ClassVar[str] = "hard"  # type: ignore[assignment]
+    kind: ClassVar[TaskKind] = "generate"
+    difficulty: ClassVar[Difficulty] = "hard"
     metric: ClassVar[str] = "judged"
     benchmark: ClassVar[str] = "language_confusion"
     split: ClassVar[str] = "monolingual/aya"
@@ -248,13 +248,15 @@ def parse_verdict(text: str) -> Literal["A", "B", "tie"] | None:
         >>> parse_verdict("Assistant B is more fluent. [[B]]"), parse_verdict("[[C]]"), parse_verdict("hmm")
         ('B', 'tie', None)
     """
-    found = _VERDICT.findall(text)
+    found: list[str] = _VERDICT.findall(text)  # one group: A, B or C
     if found:
         v = found[-1]
-        return "tie" if v == "C" else v  # type: ignore[return-value]
+        return "A" if v == "A" else "B" if v == "B" else "tie"
     bare = text.strip().strip(".*\"'[]() ").lower()
-    if bare in ("a", "b"):
-        return bare.upper()  # type: ignore[return-value]
+    if bare == "a":
+        return "A"
+    if bare == "b":
+        return "B"
     if bare in ("c", "tie"):
         return "tie"
     return None
@@ -313,7 +315,7 @@ def judge_pairs(
         if key not in template:
             raise ConfigError(f"judge_pairs: the judge template lacks {key}.")
     requests = []
-    for p, b, q in zip(prompts, baseline_outputs, quantized_outputs):
+    for p, b, q in zip(prompts, baseline_outputs, quantized_outputs, strict=True):  # lengths checked above
         for a_text, b_text in ((b, q), (q, b)):
             ctx = template.format(language=language.name, question=p, answer_a=a_text, answer_b=b_text)
             requests.append(GenerateRequest(ctx, max_new_tokens=max_new_tokens))
@@ -338,9 +340,10 @@ def judge_pairs(
     unreadable = sum((r["verdict_ab"] is None) + (r["verdict_ba"] is None) for r in rows)
     if unreadable:
         log.warning("judge_pairs: %d of %d judge answers had no readable verdict (counted as ties).", unreadable, 2 * n)
-    return pd.DataFrame(
+    verdicts: pd.DataFrame = pd.DataFrame(  # annotated: pandas-stubs' Self is Any under python 3.10
         rows, columns=["item_id", "lang", "verdict_ab", "verdict_ba", "outcome", "score", "judge_ab", "judge_ba"]
     )
+    return verdicts
 
 
 def _instruction(row: Mapping[str, Any]) -> str:
@@ -423,7 +426,7 @@ def judge_results(
                 template=template,
                 max_new_tokens=max_new_tokens,
             )
-            judged.insert(0, "task", task)
+            judged.insert(0, "task", str(task))
             judged.insert(0, "quant", quant)
             parts.append(judged)
     if not parts:
@@ -453,8 +456,11 @@ def win_rates(judged: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang"
         n = len(g)
         counts = g["outcome"].value_counts()
         win, tie, loss = (float(counts.get(k, 0)) / n for k in ("win", "tie", "loss"))
-        rows.append({**dict(zip(by, key)), "n": n, "win": win, "tie": tie, "loss": loss, "win_rate": win + tie / 2})
-    return pd.DataFrame(rows, columns=[*by, "n", "win", "tie", "loss", "win_rate"])
+        keys = dict(zip(by, key, strict=True))
+        rows.append({**keys, "n": n, "win": win, "tie": tie, "loss": loss, "win_rate": win + tie / 2})
+    # Annotated: pandas-stubs' Self is Any under python 3.10.
+    rates: pd.DataFrame = pd.DataFrame(rows, columns=[*by, "n", "win", "tie", "loss", "win_rate"])
+    return rates
 
 
 # ----- an OpenAI-compatible judge -----------------------------------------------------------------------------------
@@ -554,7 +560,10 @@ class OpenAIChatModel:
             request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
+                    reply = json.loads(resp.read().decode("utf-8"))
+                if not isinstance(reply, dict):
+                    raise ConfigError(f"OpenAIChatModel: unexpected reply from {self.endpoint}: {str(reply)[:300]}")
+                return reply
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode("utf-8", "replace")[:300]
                 if exc.code in (429, 500, 502, 503, 504) and attempt < self.max_retries:
@@ -568,7 +577,7 @@ class OpenAIChatModel:
                     time.sleep(self.backoff * 2**attempt)
                     continue
                 raise ConfigError(f"OpenAIChatModel: cannot reach {self.endpoint}: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise ConfigError(f"OpenAIChatModel: max_retries={self.max_retries}; expected an integer >= 0 (no request was sent).")
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """One chat completion per request (sequential), cut at the request's stop sequences."""
