@@ -41,11 +41,8 @@ def normalize_number(raw: str, lang: Language) -> str | None:
     dec, thou = lang.decimal_separator, lang.thousands_separator.strip() or None
     if thou and thou != dec:
         text = text.replace(thou, "")
-    if dec != ".":
-        # A '.' that is not this language's decimal separator is a thousands separator (1.000 in de).
-        text = text.replace(".", "").replace(dec, ".")
-    else:
-        text = text.replace(",", "")
+    # A '.' that is not this language's decimal separator is a thousands separator (1.000 in de).
+    text = text.replace(".", "").replace(dec, ".") if dec != "." else text.replace(",", "")
     try:
         value = float(text)
     except ValueError:

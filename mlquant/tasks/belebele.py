@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from mlquant.data import HubSource, require
 from mlquant.errors import DataError
 from mlquant.languages import Language
-from mlquant.tasks import ChoiceTask, Item, register_task
+from mlquant.tasks import ChoiceTask, Difficulty, Item, register_task
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -38,7 +38,7 @@ class Belebele(ChoiceTask):
 
     name: ClassVar[str] = "belebele"
     version: ClassVar[str] = "1.0"
-    difficulty: ClassVar[str] = "medium"  # type: ignore[assignment]
+    difficulty: ClassVar[Difficulty] = "medium"
     benchmark: ClassVar[str] = "belebele"
 
     def hub_source(self, lang: Language, split: str) -> HubSource | None:
@@ -69,7 +69,7 @@ class Belebele(ChoiceTask):
 
     def context(self, item: Item, lang: Language) -> str:
         d = item.data
-        options = "\n".join(f"{letter}: {choice}" for letter, choice in zip(LETTERS, d["choices"]))
+        options = "\n".join(f"{letter}: {choice}" for letter, choice in zip(LETTERS, d["choices"], strict=False))
         return (
             f"{lang.label('passage')}{d['passage']}\n{lang.label('question')}{d['question'].strip()}\n"
             f"{options}\n{lang.label('answer').rstrip()}"

@@ -28,7 +28,7 @@ from mlquant.data import HubSource, require
 from mlquant.errors import ConfigError
 from mlquant.languages import Language
 from mlquant.requests import GenerateRequest, Request
-from mlquant.tasks import Item, ItemScore, Task, register_task
+from mlquant.tasks import Difficulty, Item, ItemScore, Task, TaskKind, register_task
 from mlquant.tasks._scoring import extract_number
 
 Mode = Literal["few_shot", "zero_shot_cot"]
@@ -48,8 +48,8 @@ class MGSM(Task):
 
     name: ClassVar[str] = "mgsm"
     version: ClassVar[str] = "1.0"
-    kind: ClassVar[str] = "generate"  # type: ignore[assignment]
-    difficulty: ClassVar[str] = "hard"  # type: ignore[assignment]
+    kind: ClassVar[TaskKind] = "generate"
+    difficulty: ClassVar[Difficulty] = "hard"
     metric: ClassVar[str] = "exact_match"
     benchmark: ClassVar[str] = "mgsm"
 

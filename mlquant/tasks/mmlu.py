@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 from mlquant.data import HubSource, require
 from mlquant.errors import ConfigError, DataError
 from mlquant.languages import Language, list_languages
-from mlquant.tasks import ChoiceTask, Item, register_task
+from mlquant.tasks import ChoiceTask, Difficulty, Item, register_task
 
 __all__ = ["LETTERS", "MMLU", "M_MMLU_CONFIGS"]
 
@@ -73,7 +73,7 @@ class MMLU(ChoiceTask):
 
     name: ClassVar[str] = "mmlu"
     version: ClassVar[str] = "1.0"
-    difficulty: ClassVar[str] = "hard"  # type: ignore[assignment]
+    difficulty: ClassVar[Difficulty] = "hard"
     benchmark: ClassVar[str] = "global_mmlu"
 
     def __init__(
@@ -93,8 +93,10 @@ class MMLU(ChoiceTask):
             )
         self.shots = shots
         self.dataset: Dataset = dataset
-        self.benchmark = dataset  # type: ignore[misc]  # folder under MLQUANT_DATA_DIR and key in language files
-        self.split = split  # type: ignore[misc]
+        # Task declares benchmark and split ClassVars; an MMLU instance picks its own dataset (folder under
+        # MLQUANT_DATA_DIR and key in language files) and split, so it sets them per instance.
+        self.benchmark = dataset  # type: ignore[misc]  # instance value over the ClassVar, see above
+        self.split = split  # type: ignore[misc]  # instance value over the ClassVar, see above
         self._dev: dict[str, dict[str, list[Item]]] = {}
 
     def options(self) -> dict[str, Any]:
@@ -162,7 +164,7 @@ class MMLU(ChoiceTask):
     @staticmethod
     def _question_block(item: Item, lang: Language) -> str:
         d = item.data
-        options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, d["choices"]))
+        options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, d["choices"], strict=False))
         return f"{lang.label('question')}{d['question']}\n{options}\n{lang.label('answer').rstrip()}"
 
     def context(self, item: Item, lang: Language) -> str:

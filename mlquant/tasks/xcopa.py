@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from mlquant.data import HubSource, require
 from mlquant.errors import DataError
 from mlquant.languages import Language
-from mlquant.tasks import ChoiceTask, Item, register_task
+from mlquant.tasks import ChoiceTask, Difficulty, Item, register_task
 
 _FINAL_STOPS = ".。．!！?？"
 
@@ -31,7 +31,7 @@ class XCopa(ChoiceTask):
 
     name: ClassVar[str] = "xcopa"
     version: ClassVar[str] = "1.0"
-    difficulty: ClassVar[str] = "easy"  # type: ignore[assignment]
+    difficulty: ClassVar[Difficulty] = "easy"
     benchmark: ClassVar[str] = "xcopa"
 
     def hub_source(self, lang: Language, split: str) -> HubSource | None:
@@ -63,7 +63,8 @@ class XCopa(ChoiceTask):
         d = item.data
         connector = lang.prompt.because if d["question"] == "cause" else lang.prompt.therefore
         sep = " " if lang.uses_spaces else ""
-        return d["premise"].strip().rstrip(_FINAL_STOPS) + sep + connector
+        premise: str = d["premise"]  # a str: load_items() requires it
+        return premise.strip().rstrip(_FINAL_STOPS) + sep + connector
 
     def choices(self, item: Item, lang: Language) -> list[str]:
         sep = " " if lang.uses_spaces else ""

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from mlquant.data import HubSource, require
 from mlquant.errors import DataError
 from mlquant.languages import Language
-from mlquant.tasks import ChoiceTask, Item, register_task
+from mlquant.tasks import ChoiceTask, Difficulty, Item, register_task
 
 __all__ = ["LABELS", "XNLI"]
 
@@ -46,7 +46,7 @@ class XNLI(ChoiceTask):
 
     name: ClassVar[str] = "xnli"
     version: ClassVar[str] = "1.0"
-    difficulty: ClassVar[str] = "medium"  # type: ignore[assignment]
+    difficulty: ClassVar[Difficulty] = "medium"
     benchmark: ClassVar[str] = "xnli"
 
     def hub_source(self, lang: Language, split: str) -> HubSource | None:

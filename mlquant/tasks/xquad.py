@@ -36,7 +36,7 @@ from mlquant.data import HubSource, require
 from mlquant.errors import ConfigError, DataError
 from mlquant.languages import Language
 from mlquant.requests import GenerateRequest, Request
-from mlquant.tasks import Item, ItemScore, Task, register_task
+from mlquant.tasks import Difficulty, Item, ItemScore, Task, TaskKind, register_task
 
 __all__ = ["XQuAD", "answer_tokens", "normalize_answer", "squad_exact_match", "squad_f1"]
 
@@ -100,7 +100,7 @@ def _from_hub(row: dict[str, Any]) -> dict[str, Any]:
             {
                 "id": row.get("id"),
                 "question": row.get("question"),
-                "answers": [{"text": t, "answer_start": s} for t, s in zip(texts, starts)],
+                "answers": [{"text": t, "answer_start": s} for t, s in zip(texts, starts, strict=False)],
             }
         ],
     }
@@ -116,8 +116,8 @@ class XQuAD(Task):
 
     name: ClassVar[str] = "xquad"
     version: ClassVar[str] = "1.0"
-    kind: ClassVar[str] = "generate"  # type: ignore[assignment]
-    difficulty: ClassVar[str] = "medium"  # type: ignore[assignment]
+    kind: ClassVar[TaskKind] = "generate"
+    difficulty: ClassVar[Difficulty] = "medium"
     metric: ClassVar[str] = "f1"
     benchmark: ClassVar[str] = "xquad"
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from mlquant.data import HubSource, require
 from mlquant.errors import DataError
 from mlquant.languages import Language
-from mlquant.tasks import ChoiceTask, Item, register_task
+from mlquant.tasks import ChoiceTask, Difficulty, Item, register_task
 
 __all__ = ["XStoryCloze"]
 
@@ -51,7 +51,7 @@ class XStoryCloze(ChoiceTask):
 
     name: ClassVar[str] = "xstorycloze"
     version: ClassVar[str] = "1.0"
-    difficulty: ClassVar[str] = "easy"  # type: ignore[assignment]
+    difficulty: ClassVar[Difficulty] = "easy"
     benchmark: ClassVar[str] = "xstorycloze"
 
     def hub_source(self, lang: Language, split: str) -> HubSource | None:

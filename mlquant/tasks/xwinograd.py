@@ -28,7 +28,7 @@ from mlquant.data import HubSource, require
 from mlquant.errors import DataError
 from mlquant.languages import Language
 from mlquant.requests import LoglikelihoodRequest, Request
-from mlquant.tasks import ChoiceTask, Item, register_task
+from mlquant.tasks import ChoiceTask, Difficulty, Item, register_task
 
 __all__ = ["XWinograd", "split_at_span"]
 
@@ -80,7 +80,7 @@ class XWinograd(ChoiceTask):
 
     name: ClassVar[str] = "xwinograd"
     version: ClassVar[str] = "1.0"
-    difficulty: ClassVar[str] = "easy"  # type: ignore[assignment]
+    difficulty: ClassVar[Difficulty] = "easy"
     benchmark: ClassVar[str] = "xwinograd"
 
     def hub_source(self, lang: Language, split: str) -> HubSource | None:
@@ -125,7 +125,9 @@ class XWinograd(ChoiceTask):
 
     def context(self, item: Item, lang: Language) -> str:
         """The sentence with the blank (what the results show as the prompt)."""
-        return item.data["prefix"] + "_" + item.data["rest"]
+        prefix: str = item.data["prefix"]  # strs, as load_items() builds them
+        rest: str = item.data["rest"]
+        return prefix + "_" + rest
 
     def choices(self, item: Item, lang: Language) -> list[str]:
         return list(item.data["options"])
