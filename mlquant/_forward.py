@@ -172,7 +172,8 @@ def score_groups(
                     owner.extend([k] * n)
             lp, greedy = _gather_logprobs(model, torch.cat(hid), torch.tensor(targets, device=device))
             own = torch.tensor(owner, device=device)
-            total = first_lp.clone().double().index_add_(0, own, lp.double())
+            # Sums in float64 on the CPU (MPS has no float64).
+            total = first_lp.cpu().double().index_add_(0, own.cpu(), lp.cpu().double())
             bad = torch.zeros(len(chunk), dtype=torch.long, device=device).index_add_(0, own, (~greedy).long())
             for k, (_, idx, cont) in enumerate(chunk):
                 yield idx, LoglikelihoodResult(float(total[k]), bool(first_greedy[k]) and int(bad[k]) == 0, len(cont))
@@ -209,7 +210,7 @@ def rolling_logprobs(model: ForwardModel, requests: Sequence[RollingRequest], pa
         if not hid:
             continue
         lp, _ = _gather_logprobs(model, torch.cat(hid), torch.tensor(targets, device=device))
-        for req_i, value in zip(owner, lp.double().tolist()):
+        for req_i, value in zip(owner, lp.cpu().double().tolist()):
             sums[req_i] += value
             counts[req_i] += 1
     return [RollingResult(sums[i], counts[i], len(r.text.encode("utf-8"))) for i, r in enumerate(requests)]

@@ -101,9 +101,18 @@ class CachedModel:
                 raise ConfigError("CachedModel: give the fingerprint of the model that the factory will build.")
             fingerprint = self._model.fingerprint()
         self.cache = cache
-        self.fingerprint = fingerprint
+        self._fingerprint = fingerprint
         self.hits = 0
         self.computed = 0
+
+    def fingerprint(self) -> str:
+        """The fingerprint its answers are cached under (the model's, known before the model is built)."""
+        return self._fingerprint
+
+    @property
+    def name(self) -> str:
+        """The model's name (builds the model when only a factory was given)."""
+        return self.model.name
 
     @property
     def model(self) -> LanguageModel:
@@ -120,12 +129,12 @@ class CachedModel:
 
     def _run(self, requests: Sequence[Request], method: str) -> list[Any]:
         keys = [r.key() for r in requests]
-        found = self.cache.get_many(self.fingerprint, keys)
+        found = self.cache.get_many(self._fingerprint, keys)
         missing = sorted({k: i for i, k in enumerate(keys) if k not in found}.values())
         if missing:
             answers = getattr(self.model, method)([requests[i] for i in missing])
             blobs = [(keys[i], result_to_json(a)) for i, a in zip(missing, answers)]
-            self.cache.put_many(self.fingerprint, blobs)
+            self.cache.put_many(self._fingerprint, blobs)
             found.update(blobs)
         self.computed += len(missing)
         self.hits += len(keys) - len(missing)

@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -76,9 +76,9 @@ def list_cmd(what: str = typer.Argument(..., help="tasks | methods | languages")
 @app.command()
 def run(
     study_file: Path = typer.Argument(..., help="study YAML file"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<file stem>)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default runs/<file stem>)"),
     quiet: bool = typer.Option(False, help="no progress bars"),
-    device: Optional[str] = typer.Option(
+    device: str | None = typer.Option(
         None, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:<index> | mps; overrides the file's device"
     ),
 ) -> None:
@@ -105,8 +105,8 @@ def run(
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    html: Optional[Path] = typer.Option(None, help="also write a static HTML report here"),
-    baseline: Optional[str] = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
+    html: Path | None = typer.Option(None, help="also write a static HTML report here"),
+    baseline: str | None = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
     cosine: bool = typer.Option(False, help="add the embedding cosine of generated outputs (needs mlquant[embed])"),
 ) -> None:
     """Print the language x task x method table of a run, similarity to the baseline, corpus-level metrics (chrF++,
@@ -130,9 +130,9 @@ def report(
 def judge(
     run_dir: Path = typer.Argument(..., help="a run directory with open-ended outputs"),
     model: str = typer.Option(..., "--judge", help="judge: a model name/path (local), or the model name at --url"),
-    url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint of the judge (e.g. http://host:8000/v1)"),
+    url: str | None = typer.Option(None, help="OpenAI-compatible endpoint of the judge (e.g. http://host:8000/v1)"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's API key"),
-    baseline: Optional[str] = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
+    baseline: str | None = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
     task: list[str] = typer.Option(["open_ended"], help="generation task(s) to judge (task labels of the run)"),
     max_new_tokens: int = typer.Option(512, help="budget of each verdict"),
 ) -> None:
@@ -158,7 +158,9 @@ def judge(
         if url is not None:
             judge_model: Any = OpenAIChatModel(url, model, api_key_env)
         else:
-            judge_model = mq.load_model(model)
+            from mlquant.models import load_model
+
+            judge_model = load_model(model)
         cache = RequestCache(Path(run_dir) / "cache.sqlite")
         try:
             cached = CachedModel(judge_model, cache)
@@ -185,7 +187,7 @@ def judge(
 def kl(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     lang: list[str] = typer.Option([], help="languages (default: the study's flores_ppl languages)"),
-    limit: Optional[int] = typer.Option(None, help="sentences per language (default: the study's flores_ppl limit)"),
+    limit: int | None = typer.Option(None, help="sentences per language (default: the study's flores_ppl limit)"),
     quant: list[str] = typer.Option([], help="quantized models (default: all of the study)"),
 ) -> None:
     """KL(baseline || quantized) of next-token distributions on FLORES sentences, per sentence, for every quant.
@@ -211,6 +213,8 @@ def demo(
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
     """Gemma 3 270M: fp32 vs rtn-w8, rtn-w4, rtn-w4g128 on xcopa, belebele, mgsm, flores_ppl in 8 languages."""
+    import pandas as pd
+
     import mlquant as mq
     from mlquant.report import format_table, relative_change_table, similarity_table
 
@@ -236,7 +240,8 @@ def demo(
     cols = [c for c in ("flip_rate", "chrf") if c in similar.columns]
     typer.echo("\nSimilarity to fp32's answers, mean over languages (flip_rate: % of items whose correctness "
                "changed; chrf: 0-100 between the generated texts, 100 = identical):")
-    typer.echo(format_table(similar.groupby(["task", "quant"])[cols].mean().unstack("quant"), 1))
+    means = similar.groupby(["task", "quant"])[cols].mean().unstack("quant")
+    typer.echo(format_table(means.to_frame() if isinstance(means, pd.Series) else means, 1))
     s = study.last_run
     typer.echo(
         f"\n{len(frame)} item results in {out} ({s.cells_computed} cells computed, {s.cells_skipped} already there); "

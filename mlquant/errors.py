@@ -11,11 +11,11 @@ Example:
 from __future__ import annotations
 
 __all__ = [
-    "MlquantError",
-    "ConfigError",
-    "UnknownNameError",
-    "DataError",
     "BackendUnavailableError",
+    "ConfigError",
+    "DataError",
+    "MlquantError",
+    "UnknownNameError",
 ]
 
 

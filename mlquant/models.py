@@ -46,7 +46,7 @@ from mlquant.spec import BASELINES, QuantSpec
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Model", "HFModel", "FakeModel", "load_model", "model_fingerprint", "resolve_device", "DEFAULT_MODEL"]
+__all__ = ["DEFAULT_MODEL", "FakeModel", "HFModel", "Model", "load_model", "model_fingerprint", "resolve_device"]
 
 log = logging.getLogger(__name__)
 

@@ -159,7 +159,9 @@ class LanguageModel(Protocol):
     """What a task and the request cache need: lm-eval's ``LM`` contract plus an identity (a judge behind an API
     is one too)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The model's name."""
 
     def fingerprint(self) -> str:
         """Identity of the model *including* its quantization: the request cache is keyed by it."""

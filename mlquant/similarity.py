@@ -362,7 +362,7 @@ def kl_divergence(
             for s in range(0, owner.numel(), chunk_size):
                 lp_b = baseline.logprobs_at(hiddens[0][s : s + chunk_size])
                 lp_q = quantized.logprobs_at(hiddens[1][s : s + chunk_size]).to(lp_b.device)
-                kl_all.append((lp_b.exp() * (lp_b - lp_q)).sum(dim=-1).double().cpu())
+                kl_all.append((lp_b.exp() * (lp_b - lp_q)).sum(dim=-1).cpu().double())  # MPS has no float64
                 del lp_b, lp_q
             kl = torch.cat(kl_all)
             for i, value in zip(owner.tolist(), kl.tolist()):
@@ -428,7 +428,6 @@ def run_kl(
 
     import pandas as pd
 
-    from mlquant._runner import ModelPool
     from mlquant.results import read_results, write_table
     from mlquant.study import Study
 
@@ -449,7 +448,7 @@ def run_kl(
         raise ConfigError(f"run_kl: quant {unknown[0]!r} is not in the study; it has {labels}.")
     todo = [s for s in study.specs if not s.is_baseline and (quants is None or s.label in quants)]
     done = read_results(root, what="kl")
-    pool = ModelPool(study.model, batch_size=study.batch_size, report_dir=root)
+    pool = study.model_pool(root)
     parts = []
     try:
         base: HFModel | None = None

@@ -28,18 +28,19 @@ import yaml
 
 from mlquant._loading import check_device, check_device_map, device_kind, resolve_device
 from mlquant._registry import did_you_mean
+from mlquant.cells import Cell, RunStats, Signature, library_versions
 from mlquant.data import data_dir
 from mlquant.errors import ConfigError
 from mlquant.languages import Language, get_language
 from mlquant.spec import QuantSpec
-from mlquant.cells import Cell, RunStats, Signature, library_versions
 from mlquant.tasks import Task, get_task
 from mlquant.version import __version__
 
 if TYPE_CHECKING:
+    from mlquant._runner import ModelPool
     from mlquant.results import Results
 
-__all__ = ["Study", "Cell", "RunStats", "Signature"]
+__all__ = ["Cell", "RunStats", "Signature", "Study"]
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +378,23 @@ class Study:
             transformers=transformers_version,
         )
 
+    def model_pool(self, run_dir: str | os.PathLike[str], device: str | None = None) -> ModelPool:
+        """The pool of this study's models (on its device, in its base dtype), writing reports into ``run_dir``.
+
+        ``mlquant kl`` uses it to rebuild a finished run's models exactly as the run built them.
+        """
+        from mlquant._runner import ModelPool
+
+        device = device or self.resolved_device()
+        return ModelPool(
+            self.model,
+            batch_size=self.batch_size,
+            report_dir=Path(run_dir),
+            device=device if isinstance(self.model, str) else None,
+            device_map=self.device_map,
+            dtype=self.base_dtype(),
+        )
+
     def run(self, run_dir: str | os.PathLike[str], *, progress: bool = True, chunk_items: int = 32) -> Results:
         """Run every unfinished cell and return the results of the whole run directory.
 
@@ -388,7 +406,7 @@ class Study:
         Returns:
             The run's :class:`~mlquant.results.Results` (``.frame`` is the tidy per-item DataFrame).
         """
-        from mlquant._runner import ModelPool, PlannedCell, Runner
+        from mlquant._runner import PlannedCell, Runner
         from mlquant.results import Results
 
         device = self.resolved_device()  # an unavailable device fails here, before any model is loaded
@@ -396,14 +414,7 @@ class Study:
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
         (root / "study.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
-        pool = ModelPool(
-            self.model,
-            batch_size=self.batch_size,
-            report_dir=root,
-            device=device if isinstance(self.model, str) else None,
-            device_map=self.device_map,
-            dtype=self.base_dtype(),
-        )
+        pool = self.model_pool(root, device)
         model_sig = pool.signature()
         plan = [PlannedCell(c, self.limit_for(c), self.seed, self.signature(c, model_sig)) for c in self.cells]
         runner = Runner(pool, plan, root, progress=progress, chunk_items=chunk_items)

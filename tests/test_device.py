@@ -264,9 +264,8 @@ def test_cli_run_device_option(tmp_path: Path, tiny_llama_dir: Path) -> None:
 # ----- on a GPU -----------------------------------------------------------------------------------------------------
 def tiny_llama_128(folder: Path) -> Path:
     """A tiny random Llama whose layers take 128 or 256 inputs (so that group size 128 divides them)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from conftest import byte_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(

@@ -96,6 +96,8 @@ def quantize(model: HFModel, spec: QuantSpec | str, **overrides: Any) -> HFModel
         raise ConfigError("quantize(): overrides are only accepted with a label, not with a QuantSpec.")
     if spec.is_baseline:
         return model.to_dtype(spec.dtype)
+    if model.spec.is_baseline and model.spec.dtype != spec.dtype:
+        model = model.to_dtype(spec.dtype)  # a bf16-compute spec is quantized from (and computes in) bf16 weights
     if not model.spec.is_baseline:
         raise ConfigError(
             f"quantize(): the model is already quantized ({model.spec.label}); quantize the unquantized model."

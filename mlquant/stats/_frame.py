@@ -203,7 +203,7 @@ def _check_columns(frame: pd.DataFrame) -> None:
         )
 
 
-def _combine(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
+def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
     key = np.zeros(codes[0].shape[0], dtype=np.int64)
     for code, size in zip(codes, sizes, strict=True):
         key = key * np.int64(max(size, 1)) + code.astype(np.int64)
@@ -277,7 +277,7 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
     codes = [c for c, _ in coded]
     uniques = [u for _, u in coded]
     sizes = [len(u) for u in uniques]
-    item_key = _combine(codes, sizes)
+    item_key = combine_codes(codes, sizes)
     full_key = item_key * np.int64(len(labels)) + q_code
     space = float(np.prod(np.array(sizes, dtype=float))) * len(labels)
     if space <= 5e7:
@@ -341,7 +341,7 @@ def _warn_item_sets(
     matched: np.ndarray,
     labels: list[str],
 ) -> None:
-    cell_key = _combine(cell_codes, cell_sizes)
+    cell_key = combine_codes(cell_codes, cell_sizes)
     n_cellkeys = int(np.prod([max(s, 1) for s in cell_sizes]))
     n_base = np.bincount(cell_key[is_base], minlength=n_cellkeys)
     qc = cell_key[other_rows] * len(labels) + q_code[other_rows]
@@ -403,12 +403,12 @@ def _build(
     within = [unit_code] if unit_code is item_c else [unit_code, item_c]
     within_sizes = [int(x.max()) + 1 for x in within]
     if float(np.prod(np.array(cell_sizes + within_sizes, dtype=float))) < 2.0**62:
-        key = _combine(cell_parts + within, cell_sizes + within_sizes)
+        key = combine_codes(cell_parts + within, cell_sizes + within_sizes)
         order = np.argsort(key)
         cell_key = key[order] // np.int64(np.prod(within_sizes))
     else:  # pragma: no cover - astronomically many keys
         order = np.lexsort(tuple(reversed(cell_parts + within)))
-        cell_key = _combine([x[order] for x in cell_parts], cell_sizes)
+        cell_key = combine_codes([x[order] for x in cell_parts], cell_sizes)
     rows_b, rows_q, b, q = rows_b[order], rows_q[order], b[order], q[order]
     unit_code, item_code = unit_code[order], item_c[order]
     change = np.r_[True, cell_key[1:] != cell_key[:-1]]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mlquant.errors import ConfigError, MlquantError
-from mlquant.stats._frame import LANG_META, Paired, Weighting, _combine
+from mlquant.stats._frame import LANG_META, Paired, Weighting, combine_codes
 
 __all__ = ["GROUPABLE", "check_group_metrics", "check_weighting", "group_cells", "language_meta"]
 
@@ -100,7 +100,7 @@ def group_cells(paired: Paired, by: Sequence[str]) -> tuple[np.ndarray, pd.DataF
     cells = language_meta(paired, cols) if any(c in (*LANG_META, "latin") for c in cols) else paired.cells
     key_frame = cells[list(cols)]
     codes = [pd.factorize(key_frame[c].astype(str), sort=False)[0] for c in cols]
-    combined = _combine(codes, [int(c.max()) + 1 for c in codes])
+    combined = combine_codes(codes, [int(c.max()) + 1 for c in codes])
     group_of_cell, first = pd.factorize(combined, sort=False)
     first_idx = np.array([np.flatnonzero(group_of_cell == g)[0] for g in range(len(first))], dtype=int)
     groups = key_frame.iloc[first_idx].reset_index(drop=True)

@@ -2,7 +2,7 @@
 offline default (lingua, whose models ship on PyPI) and fastText LID models when one is at hand.
 
 Example:
-    >>> detect = _detect_fn(lambda text: "de")
+    >>> detect = detect_fn(lambda text: "de")
     >>> detect("Das ist ein Satz.")
     'de'
 """
@@ -214,7 +214,7 @@ def detector_from_string(spec: str) -> LinguaDetector | FastTextDetector:
     )
 
 
-def _detect_fn(detector: DetectorLike | None) -> Callable[[str], str | None]:
+def detect_fn(detector: DetectorLike | None) -> Callable[[str], str | None]:
     if detector is None:
         return default_detector().detect
     if isinstance(detector, str):
@@ -226,7 +226,7 @@ def _detect_fn(detector: DetectorLike | None) -> Callable[[str], str | None]:
     raise ConfigError(f"detector={detector!r}: expected an object with detect(text) or a callable text -> ISO code.")
 
 
-def _describe_detector(detector: DetectorLike | None) -> str:
+def describe_detector(detector: DetectorLike | None) -> str:
     if detector is None:
         return default_detector().describe()
     describe = getattr(detector, "describe", None)

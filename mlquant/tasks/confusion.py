@@ -57,9 +57,9 @@ from mlquant.tasks._lid import (
     FastTextDetector,
     LanguageDetector,
     LinguaDetector,
-    _describe_detector,
-    _detect_fn,
     default_detector,  # noqa: F401  (re-exported: the task's default detector)
+    describe_detector,
+    detect_fn,
     detector_from_string,
 )
 
@@ -253,7 +253,7 @@ def check_completion(
         detector: a :class:`LanguageDetector` or callable (default: the shared :class:`LinguaDetector`).
         words: the English word list (default: :func:`english_words` when ``lang`` has a word-level check).
     """
-    detect = _detect_fn(detector)
+    detect = detect_fn(detector)
     text = lcb_normalize(completion)
     lines = []
     for line in text.split("\n"):
@@ -349,7 +349,7 @@ class LanguageConfusion(Task):
             raise ConfigError("confusion: the benchmark is not on the Hugging Face hub; give a data folder as source.")
         if isinstance(detector, str):  # a description, e.g. from a study file: "lingua:benchmark:0.3"
             detector = detector_from_string(detector)
-        _detect_fn(detector)  # validates
+        detect_fn(detector)  # validates
         self.template = template
         self.max_new_tokens = max_new_tokens
         self.temperature = float(temperature)
@@ -365,7 +365,7 @@ class LanguageConfusion(Task):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
-            "detector": _describe_detector(self.detector),
+            "detector": describe_detector(self.detector),
         }
 
     # ----- data -------------------------------------------------------------------------------------------------------
