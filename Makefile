@@ -34,14 +34,15 @@ demo: setup
 
 # pytest exits 5 when no test ran: that is a failure, never a pass.
 # One torch thread: on 2 shared cores, OpenMP barriers in GPTQ's column loop made 2 threads up to 30x slower.
-test: setup
+# The lint gate runs first: a type or lint error fails `make test` (and CI) like a failing test.
+test: setup lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The lint gate (not part of `make test` yet): ruff and mypy, both configured in pyproject.toml (mypy strict on mlquant.*).
+# The lint gate (the first step of `make test`): ruff and mypy, both configured in pyproject.toml (mypy strict on mlquant.*).
 # Both run even when the first fails; the target fails if either does.
 lint: setup
 	rc=0; $(BIN)/ruff check mlquant tests bench || rc=1; $(BIN)/mypy || rc=1; exit $$rc
