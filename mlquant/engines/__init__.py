@@ -1,0 +1,1 @@
+"""Serving engines: models behind an inference server (an OpenAI-compatible HTTP endpoint, vLLM)."""
