@@ -160,34 +160,66 @@ class PlannedCell:
     signature: Signature
 
 
+def planned_path(root: Path, planned: PlannedCell) -> Path:
+    """The Parquet file of a planned cell in the run folder ``root``."""
+    cell = planned.cell
+    return cell_path(root, cell.quant.label, cell.task_label, cell.lang.code)
+
+
+def is_finished(root: Path, planned: PlannedCell) -> bool:
+    """Whether the cell's file exists in ``root`` with the planned signature (a finished cell is never recomputed)."""
+    path = planned_path(root, planned)
+    return path.is_file() and stored_signature(path) == planned.signature.format()
+
+
+def group_by_quant(plan: Sequence[PlannedCell]) -> list[list[PlannedCell]]:
+    """The plan split into one group per quant spec (the cells that share a built model), baselines first, each
+    group in plan order. The runner runs the groups in this order; the Ray executor sends each group to a worker."""
+    groups: dict[str, list[PlannedCell]] = {}
+    for p in plan:
+        groups.setdefault(p.cell.quant.label, []).append(p)
+    return sorted(groups.values(), key=lambda g: not g[0].cell.quant.is_baseline)
+
+
 class Runner:
-    """Runs planned cells into one run directory."""
+    """Runs planned cells into one run directory.
+
+    Args:
+        pool: the models.
+        plan: the cells to run (the whole study or a subset, e.g. one quant spec's group on a Ray worker).
+        root: the run folder the cell files go to.
+        progress: one progress bar per cell.
+        chunk_items: items whose requests go to the model together (and are committed to the cache together).
+        cache_path: the request cache file (default ``root / "cache.sqlite"``).
+    """
 
     def __init__(
-        self, pool: ModelPool, plan: Sequence[PlannedCell], root: Path, *, progress: bool, chunk_items: int
+        self,
+        pool: ModelPool,
+        plan: Sequence[PlannedCell],
+        root: Path,
+        *,
+        progress: bool,
+        chunk_items: int,
+        cache_path: Path | None = None,
     ) -> None:
         self.pool = pool
         self.plan = list(plan)
         self.root = root
         self.progress = progress
         self.chunk_items = chunk_items
-        self.cache = RequestCache(root / "cache.sqlite")
+        self.cache = RequestCache(cache_path if cache_path is not None else root / "cache.sqlite")
         self.stats = RunStats(cells_total=len(self.plan))
 
     def run(self) -> None:
-        by_label: dict[str, QuantSpec] = {}
-        for p in self.plan:
-            by_label.setdefault(p.cell.quant.label, p.cell.quant)
-        for spec in sorted(by_label.values(), key=lambda s: not s.is_baseline):
+        for group in group_by_quant(self.plan):
+            spec = group[0].cell.quant
             todo: list[tuple[PlannedCell, Path, str]] = []
-            for planned in (p for p in self.plan if p.cell.quant.label == spec.label):
-                cell = planned.cell
-                path = cell_path(self.root, spec.label, cell.task_label, cell.lang.code)
-                sig = planned.signature.format()
-                if path.is_file() and stored_signature(path) == sig:
+            for planned in group:
+                if is_finished(self.root, planned):
                     self.stats.cells_skipped += 1
                     continue
-                todo.append((planned, path, sig))
+                todo.append((planned, planned_path(self.root, planned), planned.signature.format()))
             if not todo:
                 continue
             model = CachedModel(self._factory(spec), self.cache, fingerprint=self.pool.fingerprint(spec))

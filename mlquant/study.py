@@ -38,6 +38,7 @@ from mlquant.version import __version__
 
 if TYPE_CHECKING:
     from mlquant._runner import ModelPool
+    from mlquant.executors import Executor
     from mlquant.results import Results
 
 __all__ = ["Cell", "RunStats", "Signature", "Study"]
@@ -395,21 +396,41 @@ class Study:
             dtype=self.base_dtype(),
         )
 
-    def run(self, run_dir: str | os.PathLike[str], *, progress: bool = True, chunk_items: int = 32) -> Results:
+    def run(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        progress: bool = True,
+        chunk_items: int = 32,
+        executor: str | Executor = "local",
+    ) -> Results:
         """Run every unfinished cell and return the results of the whole run directory.
 
         Args:
             run_dir: folder for study.yaml, the cell Parquet files, quantization reports and the request cache.
-            progress: show one progress bar per cell.
+            progress: show one progress bar per cell (local executor; Ray workers' output is shown by Ray).
             chunk_items: items whose requests go to the model together (and are committed to the cache together).
+            executor: ``local`` (here, one cell after the other), ``ray`` (one Ray task per quant spec, see
+                :class:`~mlquant.executors.RayExecutor`), or an executor object such as
+                ``RayExecutor(address=..., num_gpus=1)``. Both give the same results; either resumes the other's run.
 
         Returns:
             The run's :class:`~mlquant.results.Results` (``.frame`` is the tidy per-item DataFrame).
+
+        Raises:
+            ConfigError: an unknown executor, naming it and the choices.
+            BackendUnavailableError: ``ray`` without Ray installed, or a device this machine lacks; before any
+                model is loaded.
         """
-        from mlquant._runner import PlannedCell, Runner
+        from mlquant._runner import PlannedCell
+        from mlquant.executors import get_executor
         from mlquant.results import Results
 
-        device = self.resolved_device()  # an unavailable device fails here, before any model is loaded
+        chosen = get_executor(executor)  # an unknown or uninstalled executor fails before anything is loaded
+        if chosen.remote and self.device != "auto" and isinstance(self.model, str):
+            device = self.device  # checked where the model loads: on the workers (a head node may have no GPU)
+        else:
+            device = self.resolved_device()  # an unavailable device fails here, before any model is loaded
         self.check_model_config()
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
@@ -417,10 +438,6 @@ class Study:
         pool = self.model_pool(root, device)
         model_sig = pool.signature()
         plan = [PlannedCell(c, self.limit_for(c), self.seed, self.signature(c, model_sig)) for c in self.cells]
-        runner = Runner(pool, plan, root, progress=progress, chunk_items=chunk_items)
-        try:
-            runner.run()
-        finally:
-            runner.close()
-            self.last_run = runner.stats
+        self.last_run = RunStats(cells_total=len(plan))
+        chosen.run(pool, plan, root, self.last_run, progress=progress, chunk_items=chunk_items)
         return Results.read(root)

@@ -1,0 +1,175 @@
+"""Executors: ``Study.run(executor=...)`` local and Ray give the same results; either resumes the other's run."""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import mlquant as mq
+from mlquant.errors import BackendUnavailableError, ConfigError
+from mlquant.executors import EXECUTORS, LocalExecutor, RayExecutor, get_executor, worker_cache_path
+from mlquant.models import FakeModel
+
+QUANT = ["fp32", "rtn-w8", "rtn-w4g32"]
+
+
+def tiny_study(model_dir: Path) -> mq.Study:
+    return mq.Study(str(model_dir), quant=QUANT, tasks=["xcopa"], languages=["tr", "zh"], limit=4)
+
+
+def sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["quant", "task", "lang", "item_id"]).reset_index(drop=True)
+
+
+def cached_rows(path: Path) -> int:
+    db = sqlite3.connect(str(path))
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+    finally:
+        db.close()
+
+
+# ----- choosing an executor -----------------------------------------------------------------------------------------
+
+
+def test_unknown_executor_names_the_value_and_the_choices(tmp_path) -> None:
+    study = mq.Study(FakeModel(), quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=2)
+    with pytest.raises(ConfigError, match=r"executor 'dask'.*local, ray"):
+        study.run(tmp_path, executor="dask")
+    assert not (tmp_path / "study.yaml").exists()
+    assert EXECUTORS == ("local", "ray")
+    assert isinstance(get_executor("local"), LocalExecutor)
+
+
+def test_missing_ray_is_refused_before_any_model_loads(tmp_path, monkeypatch) -> None:
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    model = FakeModel()
+    study = mq.Study(model, quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=2)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'mlquant\[ray\]'"):
+        study.run(tmp_path, executor="ray")
+    assert model.calls == 0 and not (tmp_path / "study.yaml").exists()
+
+
+def test_ray_options_default_to_one_gpu_on_cuda_else_one_cpu() -> None:
+    assert RayExecutor().task_options("cpu") == {"num_cpus": 1, "num_gpus": 0}
+    assert RayExecutor().task_options("cuda") == {"num_cpus": 1, "num_gpus": 1}
+    assert RayExecutor().task_options("cuda:1")["num_gpus"] == 1
+    custom = RayExecutor(num_cpus=4, num_gpus=0.5, resources={"H100": 1})
+    assert custom.task_options("cuda") == {"num_cpus": 4, "num_gpus": 0.5, "resources": {"H100": 1}}
+
+
+def test_bad_ray_resources_are_refused() -> None:
+    pytest.importorskip("ray")
+    with pytest.raises(ConfigError, match=r"num_gpus=-1"):
+        get_executor(RayExecutor(num_gpus=-1))
+
+
+def test_importing_mlquant_does_not_import_ray() -> None:
+    code = "import sys, mlquant, mlquant.study; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_local_run_absorbs_worker_caches_left_by_a_killed_ray_run(tmp_path, tiny_llama_dir) -> None:
+    """A killed Ray run leaves caches/<label>.sqlite: the next local run merges it and recomputes nothing."""
+    study = mq.Study(str(tiny_llama_dir), quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=3)
+    first = study.run(tmp_path, progress=False).frame
+    # pretend the answers were written by a Ray worker that was killed before the driver merged them
+    worker = worker_cache_path(tmp_path, "fp32")
+    worker.parent.mkdir()
+    (tmp_path / "cache.sqlite").rename(worker)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{tmp_path / 'cache.sqlite'}{suffix}").unlink(missing_ok=True)
+    import shutil
+
+    shutil.rmtree(tmp_path / "cells")
+    second = study.run(tmp_path, progress=False).frame
+    assert study.last_run.requests_computed == 0 and study.last_run.cache_hits > 0
+    assert study.last_run.forward_passes == 0
+    assert not worker.exists()
+    pd.testing.assert_frame_equal(first, second)
+
+
+# ----- Ray: same results as the local executor ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_ray_run_equals_the_local_run_and_resumes_both_ways(tmp_path, tiny_llama_dir, ray_cluster) -> None:
+    study = tiny_study(tiny_llama_dir)
+
+    start = time.perf_counter()
+    local = study.run(tmp_path / "local", progress=False).frame
+    local_s = time.perf_counter() - start
+    local_stats = study.last_run
+
+    start = time.perf_counter()
+    remote = study.run(tmp_path / "ray", progress=False, executor="ray").frame
+    ray_s = time.perf_counter() - start
+    stats = study.last_run
+    print(f"local {local_s:.1f} s, ray (2 workers) {ray_s:.1f} s")
+
+    # same rows, same scores, same signatures
+    pd.testing.assert_frame_equal(sorted_frame(local), sorted_frame(remote))
+    pd.testing.assert_frame_equal(local, remote)  # Results.read orders the rows by file, whichever wrote them
+    # the workers' counts, summed
+    assert stats.cells_total == local_stats.cells_total == 6
+    assert stats.cells_computed == 6 and stats.cells_skipped == 0 and stats.failed == []
+    assert stats.requests_computed == local_stats.requests_computed > 0
+    assert stats.forward_passes == local_stats.forward_passes
+    assert stats.models_loaded == 3  # each worker loads the base model once (the local run: once in all)
+    # the workers' caches were merged into the run's cache.sqlite, then removed
+    assert not (tmp_path / "ray" / "caches").exists()
+    assert cached_rows(tmp_path / "ray" / "cache.sqlite") == cached_rows(tmp_path / "local" / "cache.sqlite")
+    assert (tmp_path / "ray" / "quant" / "rtn-w8.parquet").is_file()
+
+    # a second Ray run: every cell is finished, nothing is sent
+    study.run(tmp_path / "ray", progress=False, executor="ray")
+    assert study.last_run.cells_skipped == 6 and study.last_run.cells_computed == 0
+    assert study.last_run.models_loaded == 0
+
+    # cells deleted: a local run over the Ray folder answers everything from the cache
+    import shutil
+
+    shutil.rmtree(tmp_path / "ray" / "cells" / "rtn-w8")
+    again = study.run(tmp_path / "ray", progress=False).frame
+    assert study.last_run.cells_computed == 2 and study.last_run.requests_computed == 0
+    assert study.last_run.forward_passes == 0
+    pd.testing.assert_frame_equal(local, again)
+
+    # and a Ray run over the local folder too: the driver seeds each worker's cache from cache.sqlite
+    shutil.rmtree(tmp_path / "local" / "cells" / "rtn-w4g32")
+    again = study.run(tmp_path / "local", progress=False, executor="ray").frame
+    assert study.last_run.cells_computed == 2 and study.last_run.cells_skipped == 4
+    assert study.last_run.requests_computed == 0 and study.last_run.cache_hits > 0
+    assert study.last_run.forward_passes == 0
+    pd.testing.assert_frame_equal(local, again)
+
+
+def test_ray_refuses_a_model_object(tmp_path) -> None:
+    pytest.importorskip("ray")
+    study = mq.Study(FakeModel(), quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=2)
+    with pytest.raises(ConfigError, match=r"model object.*executor='local'"):
+        study.run(tmp_path, executor="ray")
