@@ -1,10 +1,12 @@
-"""Inference engines: what runs a model's forward passes behind the :class:`~mlquant.requests.Model` protocol.
+"""Engines: what runs a model's forward passes behind the :class:`~mlquant.requests.Model` protocol, including
+models behind an inference server.
 
 * ``hf``: transformers, in this process (:class:`~mlquant.models.HFModel`, :func:`~mlquant.models.load_model`);
-* ``vllm``: vLLM in a worker process with its own venv (:class:`mlquant.engines.vllm.VLLMModel`; ``make vllm-venv``).
+* ``vllm``: vLLM in a worker process with its own venv (:class:`mlquant.engines.vllm.VLLMModel`; ``make vllm-venv``);
+* any OpenAI-compatible ``/v1/completions`` server (:class:`mlquant.engines.openai.OpenAIEngine`, built from its URL).
 
-Both score the same token ids (:class:`~mlquant.models.TokenEncoder`); their fingerprints differ, so the request
-cache never answers one engine with the other's results.
+``hf`` and ``vllm`` score the same token ids (:class:`~mlquant.models.TokenEncoder`); their fingerprints differ,
+so the request cache never answers one engine with the other's results.
 
 Example:
     >>> ENGINES
