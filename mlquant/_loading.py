@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlquant._registry import did_you_mean
-from mlquant.errors import BackendUnavailableError, ConfigError
+from mlquant.errors import BackendUnavailableError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,31 @@ def resolve_source(name: str, revision: str | None = None, gguf_file: str | None
     return ModelSource(name, name, gguf_file, revision, None)
 
 
+def check_gguf(path: Path) -> None:
+    """DataError unless ``path`` is a complete GGUF file: a readable header and every tensor's data inside the file.
+
+    Called when reading a GGUF file fails (a truncated download otherwise surfaces deep in the loader as
+    ``unpack_from requires a buffer of at least ... bytes``); parsing every tensor's header is too slow to do on
+    every load of a good file.
+    """
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(path)
+        ends = [int(t.data_offset) + int(t.n_bytes) for t in reader.tensors]
+    except Exception as exc:  # the reader raises ValueError, struct.error, IndexError... on a damaged file
+        raise DataError(
+            f"model: {path} ({size:,} bytes) is not a complete GGUF file ({type(exc).__name__}: {exc}); the download or "
+            "copy was probably cut short: fetch it again."
+        ) from exc
+    if ends and max(ends) > size:
+        raise DataError(
+            f"model: {path} is truncated: its tensors end at byte {max(ends):,} but the file has {size:,} bytes; fetch "
+            "it again."
+        )
+
+
 def _folder_digest(path: Path) -> str:
     """A digest of a local checkpoint folder (names, sizes and modification times of its weight and config files)."""
     h = hashlib.sha256()
@@ -274,6 +299,21 @@ def _tokenizer_ok(tok: Any, reference: Any | None) -> bool:
     return True
 
 
+def _load_error(source: ModelSource, exc: OSError) -> str:
+    """One readable sentence for a model that transformers could not load (offline hub id, missing files)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if Path(source.path).exists():
+        return f"model: cannot load {source.path}: {first}"
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    how = (
+        "HF_HUB_OFFLINE is set, so only the local hub cache is searched: download it once with network access "
+        "(huggingface-cli download " + source.model_id + ") or give a local folder"
+        if offline
+        else "check the id and revision, your network, and for gated models HF_TOKEN"
+    )
+    return f"model: cannot load {source.model_id!r} from the Hugging Face hub ({first}); {how}."
+
+
 def load_pretrained(
     source: ModelSource, dtype: str, device: str | None, device_map: str | Mapping[str, Any] | None = None
 ) -> tuple[Any, Any]:
@@ -292,10 +332,13 @@ def load_pretrained(
         placement["device_map"] = dict(device_map) if isinstance(device_map, Mapping) else device_map
     model: Any
     if source.gguf_file is None:
-        tok = AutoTokenizer.from_pretrained(source.path, revision=source.revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path, revision=source.revision, dtype=torch_dtype, **placement
-        )
+        try:
+            tok = AutoTokenizer.from_pretrained(source.path, revision=source.revision)
+            model = AutoModelForCausalLM.from_pretrained(
+                source.path, revision=source.revision, dtype=torch_dtype, **placement
+            )
+        except OSError as exc:
+            raise ConfigError(_load_error(source, exc)) from exc
     else:
         model, tok = _load_gguf_cached(source, torch_dtype, placement)
     if tok.pad_token_id is None:
@@ -328,8 +371,12 @@ def _load_gguf_cached(source: ModelSource, torch_dtype: Any, placement: Mapping[
         _save_tokenizer(tok, tok_folder)
         return model, tok
     log.info("dequantizing %s to float (first load only; cached in %s)", source.gguf_file, folder)
-    tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    except Exception:
+        check_gguf(Path(source.path) / str(source.gguf_file))  # a named DataError for a damaged file
+        raise
     # The weights are plain floats now: drop the GGUF quantizer marker so that save_pretrained accepts the model.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -41,7 +41,22 @@ DEMO_NOTE = (
 )
 
 
+#: Set by the global ``--debug`` option: errors then show their traceback.
+_OPTIONS: dict[str, bool] = {"debug": False}
+#: Exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")) -> None:
+    """Measure what quantization costs an LLM, per language and task."""
+    _OPTIONS["debug"] = debug
+
+
 def _fail(exc: Exception) -> None:
+    """Report an error in one line (the traceback with --debug) and exit 2."""
+    if _OPTIONS["debug"]:
+        raise exc
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
@@ -81,15 +96,34 @@ def run(
     device: str | None = typer.Option(
         None, help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:<index> | mps; overrides the file's device"
     ),
+    executor: str = typer.Option(
+        "local", help="local (here) | ray (one Ray task per quant spec; needs mlquant[ray] and a shared run folder)"
+    ),
+    address: str | None = typer.Option(
+        None, help="with --executor ray: the Ray cluster (auto, ray://head:10001; default RAY_ADDRESS or a local one)"
+    ),
+    cpus_per_group: float | None = typer.Option(None, help="with --executor ray: CPUs per quant spec (default 1)"),
+    gpus_per_group: float | None = typer.Option(
+        None, help="with --executor ray: GPUs per quant spec (default 1 on cuda, else 0)"
+    ),
 ) -> None:
-    """Run (or resume) the study in STUDY_FILE; finished cells are never recomputed."""
+    """Run (or resume) the study in STUDY_FILE; finished cells are never recomputed. With --executor ray, each quant
+    spec's unfinished cells go to a Ray cluster as one task; the results are the same as a local run's."""
     import mlquant as mq
+    from mlquant.executors import Executor, RayExecutor
     from mlquant.report import format_table, relative_change_table
 
     try:
+        ray_options = {"--address": address, "--cpus-per-group": cpus_per_group, "--gpus-per-group": gpus_per_group}
+        given = [name for name, value in ray_options.items() if value is not None]
+        chosen: str | Executor = executor
+        if executor == "ray":
+            chosen = RayExecutor(address=address, num_cpus=cpus_per_group, num_gpus=gpus_per_group)
+        elif given:
+            raise mq.ConfigError(f"{given[0]} applies to --executor ray, not --executor {executor}.")
         study = mq.Study.from_yaml(study_file, **({"device": device} if device is not None else {}))
         run_dir = out or Path("runs") / study_file.stem
-        frame = study.run(run_dir, progress=not quiet).frame
+        frame = study.run(run_dir, progress=not quiet, executor=chosen).frame
     except MlquantError as exc:
         _fail(exc)
         return
@@ -249,9 +283,32 @@ def demo(
     )
 
 
-def main() -> None:  # pragma: no cover - console entry point
+def main() -> None:  # pragma: no cover - console entry point (tests run it in a subprocess)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    try:
+        code = app(standalone_mode=False)  # without standalone mode, typer returns an Exit's code instead of exiting
+    except MlquantError as exc:  # raised outside a command's own handler: one line, unless --debug
+        if _OPTIONS["debug"]:
+            raise
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        code = EXIT_INTERRUPTED
+    except typer.TyperException as exc:  # usage errors, reported as typer reports them
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+        typer.secho(
+            "interrupted: finished cells and every answered request are kept in the run folder; run the same command "
+            "again to resume.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

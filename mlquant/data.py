@@ -124,23 +124,36 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSONL file; each row gets ``_file`` and ``_line`` (1-based) for error messages.
 
     Raises:
-        DataError: naming the file and line of a line that is not a JSON object.
+        DataError: naming the file (and line) of an unreadable or empty file, of bytes that are not UTF-8, or of a
+            line that is not a JSON object.
     """
     path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the data file ({exc.strerror or exc}).") from exc
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
-            row["_file"] = str(path)
-            row["_line"] = lineno
-            rows.append(row)
+    for lineno, blob in enumerate(raw.splitlines(), start=1):
+        try:
+            line = blob.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}, line {lineno}, byte {exc.start + 1}: not UTF-8 ({blob[exc.start : exc.start + 1]!r}); data "
+                "files must be UTF-8 (re-encode it, e.g. iconv -f latin1 -t utf-8)."
+            ) from exc
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
+        row["_file"] = str(path)
+        row["_line"] = lineno
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: the file has no rows (it is empty); expected one JSON object per line.")
     return rows
 
 
