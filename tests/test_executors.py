@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 import mlquant as mq
+from mlquant.cli import app
 from mlquant.errors import BackendUnavailableError, ConfigError
 from mlquant.executors import EXECUTORS, LocalExecutor, RayExecutor, get_executor, worker_cache_path
 from mlquant.models import FakeModel
@@ -22,6 +24,13 @@ QUANT = ["fp32", "rtn-w8", "rtn-w4g32"]
 
 def tiny_study(model_dir: Path) -> mq.Study:
     return mq.Study(str(model_dir), quant=QUANT, tasks=["xcopa"], languages=["tr", "zh"], limit=4)
+
+
+def study_file(folder: Path, model_dir: Path) -> Path:
+    """The YAML form of :func:`tiny_study`."""
+    path = folder / "s.yaml"
+    path.write_text(f"model: {model_dir}\nquant: [{', '.join(QUANT)}]\ntasks: [xcopa]\nlanguages: [tr, zh]\nlimit: 4\n")
+    return path
 
 
 def sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -62,6 +71,16 @@ def test_missing_ray_is_refused_before_any_model_loads(tmp_path, monkeypatch) ->
     with pytest.raises(BackendUnavailableError, match=r"pip install 'mlquant\[ray\]'"):
         study.run(tmp_path, executor="ray")
     assert model.calls == 0 and not (tmp_path / "study.yaml").exists()
+
+
+def test_cli_executor_option_errors(tmp_path, tiny_llama_dir) -> None:
+    path = study_file(tmp_path, tiny_llama_dir)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--executor", "dask"])
+    assert result.exit_code == 2 and "executor 'dask'" in result.output and "local, ray" in result.output
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--address", "auto"])
+    assert result.exit_code == 2 and "--address applies to --executor ray" in result.output
+    assert not out.exists()
 
 
 def test_ray_options_default_to_one_gpu_on_cuda_else_one_cpu() -> None:
@@ -166,6 +185,16 @@ def test_ray_run_equals_the_local_run_and_resumes_both_ways(tmp_path, tiny_llama
     assert study.last_run.requests_computed == 0 and study.last_run.cache_hits > 0
     assert study.last_run.forward_passes == 0
     pd.testing.assert_frame_equal(local, again)
+
+    # the command line: mlquant run STUDY --executor ray (on the cluster this process is connected to)
+    shutil.rmtree(tmp_path / "ray" / "cells" / "fp32")
+    result = CliRunner().invoke(
+        app, ["run", str(study_file(tmp_path, tiny_llama_dir)), "--out", str(tmp_path / "ray"), "--quiet",
+              "--executor", "ray", "--cpus-per-group", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cells: 2 computed, 4 already finished" in result.output and "forward passes: 0" in result.output
+    pd.testing.assert_frame_equal(local, mq.read_results(tmp_path / "ray"))
 
 
 def test_ray_refuses_a_model_object(tmp_path) -> None:
