@@ -169,6 +169,7 @@ class OpenAIEngine:
         self.timeout = float(timeout)
         self.backoff = float(backoff)
         self.echo_max_tokens = echo_max_tokens
+        self._auto_max_tokens = echo_max_tokens is None
         self._lock = threading.Lock()
         self._requests = 0
         self._context_tokens: dict[str, list[str]] = {}
@@ -301,7 +302,7 @@ class OpenAIEngine:
         try:
             reply = self.post({**body, "max_tokens": max_tokens})
         except ServerError as exc:
-            if self.echo_max_tokens is not None or exc.status not in (400, 422):
+            if max_tokens != 0 or not self._auto_max_tokens or exc.status not in (400, 422):
                 raise self._no_echo(f"rejected an echo request (HTTP {exc.status})", exc.reply) from None
             log.info("OpenAIEngine: %s refused max_tokens=0 (%s); using max_tokens=1.", self.endpoint, exc.reply[:200])
             try:
