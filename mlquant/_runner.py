@@ -223,10 +223,12 @@ class Runner:
             if not todo:
                 continue
             model = CachedModel(self._factory(spec), self.cache, fingerprint=self.pool.fingerprint(spec))
-            for planned, path, sig in todo:
-                self._run_cell(planned, path, sig, model)
-            self.stats.requests_computed += model.computed
-            self.stats.cache_hits += model.hits
+            try:
+                for planned, path, sig in todo:
+                    self._run_cell(planned, path, sig, model)
+            finally:  # counted also when a cell fails: the answers are in the cache
+                self.stats.requests_computed += model.computed
+                self.stats.cache_hits += model.hits
             self.stats.forward_passes += self.pool.release()
         self.stats.models_loaded = self.pool.models_loaded
 

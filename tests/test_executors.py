@@ -123,6 +123,31 @@ def test_local_run_absorbs_worker_caches_left_by_a_killed_ray_run(tmp_path, tiny
     pd.testing.assert_frame_equal(first, second)
 
 
+def test_a_failing_cell_comes_back_in_the_group_outcome_with_the_counts(tmp_path, tiny_llama_dir) -> None:
+    """The body of a Ray task, run here: an error stops its group and is returned with the counts, not lost."""
+    from mlquant._runner import PlannedCell
+    from mlquant.executors import run_group
+
+    study = mq.Study(str(tiny_llama_dir), quant=["fp32"], tasks=["xcopa"], languages=["tr", "zh"], limit=2)
+    pool = study.model_pool(tmp_path)
+    plan = [PlannedCell(c, study.limit_for(c), study.seed, study.signature(c, pool.signature())) for c in study.cells]
+
+    task = plan[0].cell.task
+    score = task.score
+
+    def broken(item, lang, answers):
+        if lang.code == "zh":
+            raise RuntimeError("scorer broke")
+        return score(item, lang, answers)
+
+    object.__setattr__(task, "score", broken)  # the task object of this test's plan only
+    outcome = run_group(pool, plan, str(tmp_path), str(worker_cache_path(tmp_path, "fp32")), 32)
+    assert isinstance(outcome.error, RuntimeError) and "scorer broke" in str(outcome.error)
+    assert "fp32 | xcopa | zh" in str(outcome.error)
+    assert outcome.stats.cells_computed == 1 and outcome.stats.failed == ["fp32 | xcopa | zh"]
+    assert outcome.stats.requests_computed > 0 and worker_cache_path(tmp_path, "fp32").is_file()
+
+
 # ----- Ray: same results as the local executor ----------------------------------------------------------------------
 
 
@@ -136,6 +161,7 @@ def ray_cluster():
         ray.shutdown()
 
 
+@pytest.mark.slow  # 21-42 s on the loaded 2-core dev machine: starting Ray (~10 s) and torch in each worker
 def test_ray_run_equals_the_local_run_and_resumes_both_ways(tmp_path, tiny_llama_dir, ray_cluster) -> None:
     study = tiny_study(tiny_llama_dir)
 
