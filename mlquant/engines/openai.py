@@ -57,7 +57,7 @@ from mlquant.requests import (
 )
 from mlquant.spec import QuantSpec
 
-__all__ = ["OpenAIEngine", "ServerError"]
+__all__ = ["Echo", "OpenAIEngine", "ServerError"]
 
 log = logging.getLogger(__name__)
 
