@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mlquant.errors import ConfigError
+from mlquant.models import TokenEncoder
 from mlquant.requests import (
     GenerateRequest,
     LoglikelihoodRequest,
@@ -162,6 +163,7 @@ class OpenAIEngine:
 
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.tokenizer: Any = tokenizer
+        self.encoder = TokenEncoder(tokenizer) if tokenizer is not None else None
         self.spec = spec if isinstance(spec, QuantSpec) else QuantSpec.parse(spec or "fp32")
         self.quant_report: Any = None
         self.concurrency = concurrency
@@ -356,27 +358,18 @@ class OpenAIEngine:
         return total, is_greedy, len(positions)
 
     # ----- tokenization (token-id prompts) --------------------------------------------------------------------------
-    def _prefix_ids(self) -> list[int]:
-        tok = self.tokenizer
-        return [tok.bos_token_id] if tok.bos_token_id is not None else [tok.eos_token_id]
-
     def _encode(self, text: str) -> list[int]:
-        return self._prefix_ids() + list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._encoder().encode(text)
+
+    def _encoder(self) -> TokenEncoder:
+        if self.encoder is None:
+            raise ConfigError("OpenAIEngine: token-id prompts need a tokenizer (OpenAIEngine(..., tokenizer=...)).")
+        return self.encoder
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(context ids, continuation ids) as :meth:`mlquant.models.HFModel.encode_pair` splits them (needs
-        ``tokenizer``): BOS (EOS without one) first, the context's trailing whitespace moved to the continuation."""
-        if self.tokenizer is None:
-            raise ConfigError("OpenAIEngine.encode_pair needs a tokenizer (OpenAIEngine(..., tokenizer=...)).")
-        n_space = len(context) - len(context.rstrip())
-        if n_space:
-            continuation = context[-n_space:] + continuation
-            context = context[:-n_space]
-        ctx = self._encode(context)
-        whole = self._encode(context + continuation)
-        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
-            return ctx, whole[len(ctx) :]
-        return ctx, list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        """(context ids, continuation ids) exactly as :meth:`mlquant.models.HFModel.encode_pair` splits them (the
+        shared :class:`~mlquant.models.TokenEncoder`; needs ``tokenizer``)."""
+        return self._encoder().encode_pair(context, continuation)
 
     # ----- the three request kinds ----------------------------------------------------------------------------------
     def _context_split(self, context: str) -> list[str]:
@@ -434,7 +427,7 @@ class OpenAIEngine:
         if self.tokenizer is not None:
             ids = self._encode(req.text)
             echo = self.echo(ids)
-            positions = list(range(len(self._prefix_ids()), len(ids)))
+            positions = list(range(len(self._encoder().prefix_ids()), len(ids)))
         else:
             echo = self.echo(req.text)
             positions = [k for k, v in enumerate(echo.logprobs) if v is not None]  # the first token has none
