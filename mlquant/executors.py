@@ -325,19 +325,26 @@ class RayExecutor:
                 refs[ref] = spec.label
             log.info("sent %d groups of cells to Ray (%s each)", len(refs), options)
             pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                label = refs[done[0]]
-                try:
-                    outcome: GroupOutcome = ray.get(done[0])
-                except Exception as exc:  # the worker itself died (out of memory, node lost, ...)
-                    stats.failed.append(f"{label} (worker lost: {type(exc).__name__})")
-                    errors.append(exc)
-                    continue
-                add_stats(stats, outcome.stats)
-                if outcome.error is not None:
-                    errors.append(outcome.error)
-                log.info("group %s: %s", label, "failed" if outcome.error is not None else "finished")
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    label = refs[done[0]]
+                    try:
+                        outcome: GroupOutcome = ray.get(done[0])
+                    except Exception as exc:  # the worker itself died (out of memory, node lost, ...)
+                        stats.failed.append(f"{label} (worker lost: {type(exc).__name__})")
+                        errors.append(exc)
+                        continue
+                    add_stats(stats, outcome.stats)
+                    if outcome.error is not None:
+                        errors.append(outcome.error)
+                    log.info("group %s: %s", label, "failed" if outcome.error is not None else "finished")
+            except BaseException:
+                # The driver stops (Ctrl-C): stop the workers too, before their cache files are merged and removed
+                # (every answer they committed is merged; their finished cells are kept).
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
         finally:
             absorb_worker_caches(root)
             if started:
