@@ -68,7 +68,7 @@ WORKER = Path(__file__).resolve().with_name("vllm_worker.py")
 REPO_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
 #: ``vllm.LLM`` arguments mlquant sets unless the caller gives them. On the CPU backend vLLM otherwise reserves 92 %
 #: of the machine's memory for its key/value cache (``gpu_memory_utilization``) and refuses to start when less is free.
-DEFAULT_ENGINE_ARGS: dict[str, Any] = {"kv_cache_memory_bytes": 2 << 30}
+DEFAULT_ENGINE_ARGS: dict[str, Any] = {"kv_cache_memory_bytes": 2 << 30, "enforce_eager": True}
 #: Seconds to wait for the engine to start (the first start of a model compiles it: minutes on a CPU).
 START_TIMEOUT = 1200.0
 
@@ -272,7 +272,7 @@ class VLLMModel:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.close()
+                    self.close(wait=0.0)
                     raise BackendUnavailableError(
                         f"vLLM engine: no answer to {what} within {timeout:.0f} s. Worker log {self.log_path}:\n"
                         f"{self.log_tail()}"
@@ -314,14 +314,15 @@ class VLLMModel:
             raise MlquantError(f"vLLM engine: {op}: sent {len(items)} items, got {len(results)} results.")
         return results
 
-    def close(self) -> None:
-        """Stop the worker (end of its stdin, then terminate) and remove the temporary folders this object made."""
+    def close(self, wait: float = 30.0) -> None:
+        """Stop the worker (end of its stdin; terminated after ``wait`` seconds) and remove the temporary folders
+        this object made."""
         proc, self.proc = self.proc, None
         if proc is not None:
             try:
                 if proc.stdin is not None:
                     proc.stdin.close()
-                proc.wait(timeout=30)
+                proc.wait(timeout=wait)
             except (OSError, subprocess.TimeoutExpired):
                 proc.terminate()
                 try:
