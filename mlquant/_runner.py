@@ -22,11 +22,12 @@ import pandas as pd
 from mlquant._loading import ModelSource, device_kind, resolve_source
 from mlquant.cache import CachedModel, RequestCache
 from mlquant.cells import Cell, RunStats, Signature
-from mlquant.errors import ConfigError, MlquantError
+from mlquant.errors import ConfigError, DataError, MlquantError
 from mlquant.models import HFModel, load_model, model_fingerprint
 from mlquant.quantize import quantize
 from mlquant.requests import Model, Request
-from mlquant.results import ResultRow, cell_path, write_cell, write_quant_report
+from mlquant.results import ResultRow, cell_file_signature, cell_path, write_cell, write_quant_report
+from mlquant.rundir import set_aside
 from mlquant.spec import QuantSpec
 from mlquant.tasks import Item, ItemScore
 
@@ -169,7 +170,15 @@ def planned_path(root: Path, planned: PlannedCell) -> Path:
 def is_finished(root: Path, planned: PlannedCell) -> bool:
     """Whether the cell's file exists in ``root`` with the planned signature (a finished cell is never recomputed)."""
     path = planned_path(root, planned)
-    return path.is_file() and stored_signature(path) == planned.signature.format()
+    if not path.is_file():
+        return False
+    try:
+        stored = cell_file_signature(path)
+    except DataError as exc:  # truncated or foreign: set aside (kept for inspection) and recompute
+        moved = set_aside(path, root, str(exc))
+        log.warning("%s; set aside as %s, the cell is recomputed", exc, moved)
+        return False
+    return stored == planned.signature.format()
 
 
 def group_by_quant(plan: Sequence[PlannedCell]) -> list[list[PlannedCell]]:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ from mlquant.requests import (
 
 __all__ = ["CachedModel", "RequestCache"]
 
+log = logging.getLogger(__name__)
+
 
 class RequestCache:
     """A persistent map (fingerprint, request key) -> serialised result."""
@@ -45,13 +48,42 @@ class RequestCache:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS requests (fingerprint TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL,"
-            " PRIMARY KEY (fingerprint, key))"
-        )
-        self._db.commit()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if self.path == ":memory:":
+                raise
+            # A damaged cache loses only answers that can be recomputed: the finished cells are Parquet files.
+            from mlquant.rundir import set_aside
+
+            path = Path(self.path)
+            moved = set_aside(path, path.parent, f"sqlite: {exc}")
+            for suffix in ("-wal", "-shm"):
+                side = Path(self.path + suffix)
+                if side.exists():
+                    set_aside(side, path.parent, "sidecar of a damaged cache")
+            log.warning(
+                "request cache %s could not be read (%s): set aside as %s and started empty; finished cells are intact",
+                path, exc, moved,
+            )
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS requests (fingerprint TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL,"
+                " PRIMARY KEY (fingerprint, key))"
+            )
+            row = db.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+            db.commit()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def get_many(self, fingerprint: str, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}

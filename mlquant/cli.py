@@ -106,6 +106,9 @@ def run(
     gpus_per_group: float | None = typer.Option(
         None, help="with --executor ray: GPUs per quant spec (default 1 on cuda, else 0)"
     ),
+    add: bool = typer.Option(
+        False, "--add", help="extend a run folder that holds another study (its study.yaml then records both)"
+    ),
 ) -> None:
     """Run (or resume) the study in STUDY_FILE; finished cells are never recomputed. With --executor ray, each quant
     spec's unfinished cells go to a Ray cluster as one task; the results are the same as a local run's."""
@@ -123,7 +126,7 @@ def run(
             raise mq.ConfigError(f"{given[0]} applies to --executor ray, not --executor {executor}.")
         study = mq.Study.from_yaml(study_file, **({"device": device} if device is not None else {}))
         run_dir = out or Path("runs") / study_file.stem
-        frame = study.run(run_dir, progress=not quiet, executor=chosen).frame
+        frame = study.run(run_dir, progress=not quiet, executor=chosen, add=add).frame
     except MlquantError as exc:
         _fail(exc)
         return

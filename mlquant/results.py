@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,8 +32,10 @@ __all__ = [
     "ResultRow",
     "Results",
     "aggregate",
+    "cell_file_signature",
     "cell_path",
     "default_baseline",
+    "read_cell",
     "read_results",
     "safe_name",
     "write_cell",
@@ -185,9 +188,75 @@ def read_results(
         if what != "items":
             return pd.DataFrame()
         raise DataError(f"read_results: no finished cells under {root / 'cells'}.")
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    parts = [part for f in files if (part := _read_part(f, root, what)) is not None]
+    if not parts:
+        if what != "items":
+            return pd.DataFrame()
+        raise DataError(f"read_results: no readable cells under {root / 'cells'} (damaged ones are in {root / '.corrupt'}).")
+    frame = pd.concat(parts, ignore_index=True)
     frame.attrs["run_dir"] = str(root)
     return frame
+
+
+#: Columns a cell file must have to be read (and to be skipped on resume).
+REQUIRED_CELL_COLUMNS = ("quant", "task", "lang", "item_id", "score", "signature")
+
+
+def read_cell(path: Path) -> pd.DataFrame:
+    """One cell file, checked: readable Parquet with the columns a cell needs.
+
+    Raises:
+        DataError: naming the file and what is wrong with it.
+    """
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... on a truncated or foreign file
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}).") from exc
+    missing = [c for c in REQUIRED_CELL_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: not a cell file: it lacks the column(s) {missing}.")
+    return frame
+
+
+def cell_file_signature(path: Path) -> str:
+    """The signature stored in a cell file, reading only its footer and signature column (cheap on resume).
+
+    Raises:
+        DataError: the file is not readable Parquet, lacks a cell's columns, or holds no row.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        names = set(pf.schema_arrow.names)
+        missing = [c for c in REQUIRED_CELL_COLUMNS if c not in names]
+        if missing:
+            raise DataError(f"{path}: not a cell file: it lacks the column(s) {missing}.")
+        col = pf.read(columns=["signature"]).column("signature")
+    except DataError:
+        raise
+    except Exception as exc:  # truncated footer, foreign bytes, ...
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}).") from exc
+    if len(col) == 0:
+        raise DataError(f"{path}: a cell file with no row.")
+    return str(col[0])
+
+
+def _read_part(path: Path, root: Path, what: str) -> pd.DataFrame | None:
+    """A file of a run folder, or None after setting a damaged one aside (with a warning) so that it is recomputed."""
+    from mlquant.rundir import set_aside
+
+    try:
+        if what == "items":
+            return read_cell(path)
+        return pd.read_parquet(path)
+    except Exception as exc:
+        try:
+            where = f"set aside as {set_aside(path, root, str(exc))}"
+        except OSError as move_error:  # a read-only run folder: leave the file, read the others
+            where = f"left in place ({move_error.strerror or move_error})"
+        warnings.warn(f"{path} is damaged ({exc}); {where}. Run the study again to recompute it.", stacklevel=3)
+        return None
 
 
 def default_baseline(frame: pd.DataFrame) -> str:

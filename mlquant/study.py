@@ -32,6 +32,7 @@ from mlquant.cells import Cell, RunStats, Signature, library_versions
 from mlquant.data import data_dir
 from mlquant.errors import ConfigError
 from mlquant.languages import Language, get_language
+from mlquant.rundir import RunLock, check_study_file
 from mlquant.spec import QuantSpec
 from mlquant.tasks import Task, get_task
 from mlquant.version import __version__
@@ -403,8 +404,14 @@ class Study:
         progress: bool = True,
         chunk_items: int = 32,
         executor: str | Executor = "local",
+        add: bool = False,
     ) -> Results:
         """Run every unfinished cell and return the results of the whole run directory.
+
+        The run folder is locked for the run (a second process refuses, naming the holder); a folder that holds
+        another study is refused unless ``add`` extends its ``study.yaml`` with this one (see :mod:`mlquant.rundir`).
+        Damaged cell files are set aside under ``.corrupt/`` and recomputed; a damaged request cache is set aside
+        and started anew.
 
         Args:
             run_dir: folder for study.yaml, the cell Parquet files, quantization reports and the request cache.
@@ -413,12 +420,16 @@ class Study:
             executor: ``local`` (here, one cell after the other), ``ray`` (one Ray task per quant spec, see
                 :class:`~mlquant.executors.RayExecutor`), or an executor object such as
                 ``RayExecutor(address=..., num_gpus=1)``. Both give the same results; either resumes the other's run.
+            add: extend a folder that holds a study with other quants, tasks or languages (its ``study.yaml`` then
+                records the union); without it such a folder is refused.
 
         Returns:
             The run's :class:`~mlquant.results.Results` (``.frame`` is the tidy per-item DataFrame).
 
         Raises:
             ConfigError: an unknown executor, naming it and the choices.
+            RunLockedError: another process is running into ``run_dir``.
+            StudyMismatchError: ``run_dir`` holds another study (and ``add`` is False).
             BackendUnavailableError: ``ray`` without Ray installed, or a device this machine lacks; before any
                 model is loaded.
         """
@@ -433,11 +444,12 @@ class Study:
             device = self.resolved_device()  # an unavailable device fails here, before any model is loaded
         self.check_model_config()
         root = Path(run_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "study.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
-        pool = self.model_pool(root, device)
-        model_sig = pool.signature()
-        plan = [PlannedCell(c, self.limit_for(c), self.seed, self.signature(c, model_sig)) for c in self.cells]
-        self.last_run = RunStats(cells_total=len(plan))
-        chosen.run(pool, plan, root, self.last_run, progress=progress, chunk_items=chunk_items)
+        with RunLock(root):
+            resolved = check_study_file(root, self.to_dict(), add=add)
+            (root / "study.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+            pool = self.model_pool(root, device)
+            model_sig = pool.signature()
+            plan = [PlannedCell(c, self.limit_for(c), self.seed, self.signature(c, model_sig)) for c in self.cells]
+            self.last_run = RunStats(cells_total=len(plan))
+            chosen.run(pool, plan, root, self.last_run, progress=progress, chunk_items=chunk_items)
         return Results.read(root)
