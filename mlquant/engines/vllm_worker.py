@@ -23,6 +23,7 @@ protocol.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -47,6 +48,11 @@ def _drop_own_folder_from_path() -> None:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
 
+def _vllm(module: str = "vllm") -> Any:
+    """A vLLM module, imported by name (it lives in the vLLM venv only; mypy in mlquant's venv never sees it)."""
+    return importlib.import_module(module)
+
+
 def _send(out: IO[str], message: dict[str, Any]) -> None:
     out.write(json.dumps(message) + "\n")
     out.flush()
@@ -54,8 +60,7 @@ def _send(out: IO[str], message: dict[str, Any]) -> None:
 
 def build_engine(config: dict[str, Any]) -> Any:
     """The ``vllm.LLM`` for ``config`` (see the module docstring)."""
-    from vllm import LLM
-
+    LLM = _vllm().LLM
     args: dict[str, Any] = {
         "model": config["model"],
         "tokenizer": config.get("tokenizer") or config["model"],
@@ -72,8 +77,7 @@ def build_engine(config: dict[str, Any]) -> Any:
 
 def score(llm: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Log-probabilities and greedy flags of each prompt's tokens from ``start`` on (one batch)."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
+    SamplingParams, TokensPrompt = _vllm().SamplingParams, _vllm("vllm.inputs").TokensPrompt
 
     if not items:
         return []
@@ -95,8 +99,7 @@ def score(llm: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def generate(llm: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Generated token ids of each prompt, all prompts in one ``LLM.generate`` call."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
+    SamplingParams, TokensPrompt = _vllm().SamplingParams, _vllm("vllm.inputs").TokensPrompt
 
     if not items:
         return []
@@ -127,9 +130,7 @@ def handle(llm: Any, message: dict[str, Any]) -> dict[str, Any]:
     if op == "generate":
         return {"results": generate(llm, message["items"])}
     if op == "info":
-        import vllm
-
-        return {"vllm": vllm.__version__}
+        return {"vllm": _vllm().__version__}
     raise ValueError(f"unknown op {op!r}; expected score, generate or info")
 
 
@@ -140,12 +141,12 @@ def main(argv: list[str]) -> int:
     try:
         config = json.loads(argv[1])
         llm = build_engine(config)
-        import vllm
+        version = _vllm().__version__
     except Exception as exc:  # reported to the parent, which raises
         traceback.print_exc()
         _send(out, {"ok": False, "error": f"engine start failed: {type(exc).__name__}: {exc}"})
         return 1
-    _send(out, {"ok": True, "ready": True, "vllm": vllm.__version__, "protocol": PROTOCOL})
+    _send(out, {"ok": True, "ready": True, "vllm": version, "protocol": PROTOCOL})
     for line in sys.stdin:
         if not line.strip():
             continue
