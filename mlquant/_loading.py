@@ -231,6 +231,11 @@ def resolve_source(name: str, revision: str | None = None, gguf_file: str | None
             if not gguf.is_file():
                 raise ConfigError(f"model: {gguf} does not exist.")
             return ModelSource(str(gguf.resolve()), str(path.resolve()), gguf_file, None, sha256_file(gguf))
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"model: the folder {path} has no config.json, so it is not a transformers checkpoint; give the folder "
+                "that save_pretrained wrote, a .gguf file, or a hub id."
+            )
         return ModelSource(str(path.resolve()), str(path.resolve()), None, revision, _folder_digest(path))
     if name.count("/") != 1 and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"model: {name!r} is neither a local path nor a hub id like 'org/name'.")

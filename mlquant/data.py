@@ -141,6 +141,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 f"{path}, line {lineno}, byte {exc.start + 1}: not UTF-8 ({blob[exc.start : exc.start + 1]!r}); data "
                 "files must be UTF-8 (re-encode it, e.g. iconv -f latin1 -t utf-8)."
             ) from exc
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
         if not line.strip():
             continue
         try:
