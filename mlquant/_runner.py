@@ -45,6 +45,12 @@ class ModelPool:
             object stays where it is.
         device_map: accelerate placement of a named model (passed to :func:`~mlquant.models.load_model`).
         dtype: the dtype a named model is loaded in (the study's widest: ``float32`` when any spec computes in it).
+        engine: what runs the forward passes: ``hf`` (transformers, here), ``vllm`` (vLLM in its own venv, from the
+            transformers model's checkpoint or its dense quantized export) or ``openai`` (an OpenAI-compatible server).
+        engine_options: the engine's options: for ``vllm`` the arguments of :class:`~mlquant.engines.vllm.VLLMModel`
+            (``python``, ``engine_args``, ...); for ``openai`` ``base_url``, ``models`` (quant label -> the name the
+            server serves it under; default: the study's model for its baseline), and the other arguments of
+            :class:`~mlquant.engines.openai.OpenAIEngine`.
     """
 
     def __init__(
@@ -56,8 +62,13 @@ class ModelPool:
         device: str | None = None,
         device_map: str | Mapping[str, Any] | None = None,
         dtype: str = "float32",
+        engine: str = "hf",
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
+        self.engine = engine
+        self.engine_options = dict(engine_options or {})
+        self._engines: list[Any] = []  # engine processes/clients built since the last release
         self.batch_size = batch_size
         self.report_dir = report_dir
         self.device = device
@@ -86,8 +97,19 @@ class ModelPool:
         return "cpu"
 
     def fingerprint(self, spec: QuantSpec) -> str:
-        """The fingerprint ``spec``'s model will have (the request cache key), computed without loading it."""
+        """The fingerprint ``spec``'s model will have (the request cache key), computed without loading it.
+
+        It includes the engine (and vLLM's version), so the cache never answers one engine with another's results.
+        """
+        if self.engine == "openai":
+            return self._openai(spec).fingerprint()
         source = self.source()
+        if source is not None and self.engine == "vllm":
+            from mlquant.engines.vllm import installed_vllm_version, vllm_fingerprint
+
+            version = installed_vllm_version(self.engine_options.get("python"))
+            dtype = str(self.engine_options.get("dtype") or spec.dtype)
+            return vllm_fingerprint(model_fingerprint(source, spec, "cpu"), version, dtype)
         if source is not None:
             return model_fingerprint(source, spec, self.device_kind())
         if not isinstance(self.model, str) and spec == self.model.spec:
@@ -120,7 +142,44 @@ class ModelPool:
         return self._base
 
     def get(self, spec: QuantSpec) -> Model:
-        """The model of ``spec``: the base model itself, the base model in another dtype, or a quantized copy."""
+        """The model of ``spec`` run by the pool's engine (see :meth:`get_hf` for the transformers model)."""
+        if self.engine == "openai":
+            client = self._openai(spec)
+            self._engines.append(client)
+            return client
+        model = self.get_hf(spec)
+        if self.engine != "vllm":
+            return model
+        if not isinstance(model, HFModel):
+            raise ConfigError("engine vllm needs a named model (a transformers checkpoint), not a scripted model.")
+        from mlquant.engines.vllm import VLLMModel
+
+        options = {k: v for k, v in self.engine_options.items() if k != "folder"}
+        engine = VLLMModel.from_hf(model, **options)
+        self._engines.append(engine)
+        self._built.append(engine)
+        return engine
+
+    def _openai(self, spec: QuantSpec) -> Model:
+        from mlquant.engines.openai import OpenAIEngine
+
+        options = dict(self.engine_options)
+        base_url = options.pop("base_url", None)
+        if not isinstance(base_url, str):
+            raise ConfigError("engine openai: engine_options needs base_url (e.g. http://127.0.0.1:8000).")
+        served = dict(options.pop("models", None) or {})
+        name = served.get(spec.label)
+        if name is None and spec.is_baseline and isinstance(self.model, str):
+            name = self.model
+        if name is None:
+            raise ConfigError(
+                f"engine openai: no served model for quant {spec.label!r}; map it in engine_options.models "
+                "(quant label -> the model name the server serves it under)."
+            )
+        return OpenAIEngine(base_url, str(name), spec=spec, **options)
+
+    def get_hf(self, spec: QuantSpec) -> Model:
+        """The transformers model of ``spec``: the base model itself, in another dtype, or a quantized copy."""
         base = self.base()
         if spec == base.spec:
             return base
@@ -139,11 +198,19 @@ class ModelPool:
         return model
 
     def release(self) -> int:
-        """Free the quantized models (the base model is kept) and return the forward passes run since last time."""
+        """Free the quantized models and stop engine workers (the base model is kept); return the forward passes
+        (engine calls, for vllm and openai) run since last time."""
         passes = 0
         for m in self._built:
             passes += m.n_forward - self._seen.get(id(m), 0)
             self._seen[id(m)] = m.n_forward
+        for engine in self._engines:
+            if engine not in self._built:
+                passes += int(engine.n_forward)
+            close = getattr(engine, "close", None)
+            if callable(close):
+                close()
+        self._engines = []
         self._built = [self._base] if self._base is not None else []
         return passes
 

@@ -77,7 +77,12 @@ def library_versions() -> tuple[str, str]:
 
 
 # Keys of the formatted signature, in order; ``label`` appears only for a custom task label.
-_KEYS = ("mlquant", "model", "quant", "backend", "calib", "task", "label", "lang", "limit", "seed", "torch", "transformers")
+_KEYS = (
+    "mlquant", "model", "quant", "backend", "engine", "calib", "task", "label", "lang", "limit", "seed", "torch",
+    "transformers",
+)
+#: Keys written only when they have a value (so that signatures written before they existed stay equal).
+_OPTIONAL = ("label", "engine")
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class Signature:
     """Everything that produced a cell's numbers, as ``key:value`` fields joined by ``|`` (sacrebleu style).
 
     Attributes are the formatted values (strings). ``label`` is empty unless the study gave the task a custom
-    label, so run folders written before labels existed keep their signatures.
+    label, and ``engine`` empty for transformers (``vllm@0.32.0:dense-float32``, ``openai@<url>`` otherwise), so run
+    folders written before labels and engines existed keep their signatures.
     """
 
     mlquant: str
@@ -100,10 +106,11 @@ class Signature:
     torch: str
     transformers: str
     label: str = ""
+    engine: str = ""
 
     def format(self) -> str:
         """``mlquant:VER|model:ID@REV|quant:LABEL|backend:..|calib:..|task:NAME@VER[..]|lang:..|limit:..|seed:..|torch:..|transformers:..``."""
-        return "|".join(f"{key}:{getattr(self, key)}" for key in _KEYS if key != "label" or self.label)
+        return "|".join(f"{key}:{getattr(self, key)}" for key in _KEYS if key not in _OPTIONAL or getattr(self, key))
 
     def __str__(self) -> str:
         return self.format()
@@ -127,7 +134,7 @@ class Signature:
             else:
                 raise DataError(f"signature {text!r}: expected 'mlquant:<version>|...', got {part!r} first.")
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(values) - {"label"})
+        missing = sorted(names - set(values) - set(_OPTIONAL))
         if missing:
             raise DataError(f"signature {text!r}: missing {', '.join(missing)}.")
         return cls(**values)

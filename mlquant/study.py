@@ -57,7 +57,12 @@ STUDY_KEYS = {
     "name": "a name for the study",
     "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:<index> or mps (default cpu)",
     "device_map": "accelerate placement for a model larger than one device: auto, sequential, ... or a mapping",
+    "engine": "what runs the model: hf (transformers, default), vllm (make vllm-venv) or openai (a server)",
+    "engine_options": "the engine's options: vllm {python, engine_args, dtype}; openai {base_url, models, ...}",
 }
+
+#: The engines a study can run on (see mlquant.engines).
+STUDY_ENGINES = ("hf", "vllm", "openai")
 
 
 def _expand_quant(entry: Any, where: str) -> list[QuantSpec]:
@@ -143,7 +148,21 @@ class Study:
         name: str | None = None,
         device: str | None = None,
         device_map: str | Mapping[str, Any] | None = None,
+        engine: str = "hf",
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if engine not in STUDY_ENGINES:
+            raise ConfigError(
+                f"engine={engine!r} is not one of {', '.join(STUDY_ENGINES)}.{did_you_mean(str(engine), STUDY_ENGINES)}"
+            )
+        if engine_options is not None and not isinstance(engine_options, Mapping):
+            raise ConfigError(f"engine_options={engine_options!r}; expected a mapping of the engine's options.")
+        if engine == "openai" and not isinstance((engine_options or {}).get("base_url"), str):
+            raise ConfigError("engine_options: engine openai needs base_url (e.g. {base_url: http://127.0.0.1:8000}).")
+        if engine != "hf" and not isinstance(model, str):
+            raise ConfigError(f"engine {engine}: give the model by name or path; a model object runs as it is.")
+        self.engine = engine
+        self.engine_options = dict(engine_options or {})
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ConfigError(f"study: limit={limit!r}; expected a positive integer or null.")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -291,6 +310,8 @@ class Study:
             "batch_size": self.batch_size,
             "device": self._resolved_device or self.device,
             "device_map": self.device_map,
+            # Only a non-default engine is written, so study.yaml files written before engines existed stay equal.
+            **({"engine": self.engine, "engine_options": self.engine_options} if self.engine != "hf" else {}),
         }
 
     @classmethod
@@ -378,7 +399,20 @@ class Study:
             seed=str(self.seed),
             torch=torch_version,
             transformers=transformers_version,
+            engine=self.engine_signature(cell.quant),
         )
+
+    def engine_signature(self, spec: QuantSpec) -> str:
+        """What produced a cell besides transformers: ``""`` for ``hf``; ``vllm@<version>:<kernel>-<dtype>`` (the
+        kernel is ``dense``: vLLM runs the dequantized weights of a simulated quantizer); ``openai@<base url>``."""
+        if self.engine == "vllm":
+            from mlquant.engines.vllm import installed_vllm_version
+
+            version = installed_vllm_version(self.engine_options.get("python"))
+            return f"vllm@{version}:dense-{self.engine_options.get('dtype') or spec.dtype}"
+        if self.engine == "openai":
+            return f"openai@{self.engine_options.get('base_url')}"
+        return ""
 
     def model_pool(self, run_dir: str | os.PathLike[str], device: str | None = None) -> ModelPool:
         """The pool of this study's models (on its device, in its base dtype), writing reports into ``run_dir``.
@@ -395,6 +429,8 @@ class Study:
             device=device if isinstance(self.model, str) else None,
             device_map=self.device_map,
             dtype=self.base_dtype(),
+            engine=self.engine,
+            engine_options=self.engine_options,
         )
 
     def run(

@@ -376,3 +376,49 @@ def test_study_cell_through_the_engine_equals_hfmodel(hf: Any, server: TinyServe
     again = mq.Study(engine, **kw)
     again.run(tmp_path / "engine")  # resumes: nothing recomputed, no request sent
     assert server.received == engine.n_forward
+
+
+def test_a_study_file_with_engine_openai_runs_through_the_server(server: TinyServer, tmp_path: Any, tiny_llama_dir: Any) -> None:
+    """engine/engine_options in the study file: the pool builds the engine, the cell signature names it, the cache
+    key differs from the transformers engine's, and a rerun sends no request."""
+    import yaml
+
+    study_file = tmp_path / "s.yaml"
+    options = {"base_url": server.url, "models": {"fp32": "tiny"}, "tokenizer": str(tiny_llama_dir)}
+    study_file.write_text(yaml.safe_dump({
+        "model": str(tiny_llama_dir), "quant": ["fp32"], "tasks": ["xcopa"], "languages": ["tr"], "limit": 4,
+        "engine": "openai", "engine_options": options,
+    }))
+    study = mq.Study.from_yaml(study_file)
+    frame = study.run(tmp_path / "run", progress=False).frame
+    sig = mq.Study.from_yaml(study_file).signature(study.cells[0], "model:x")
+    assert sig.engine == f"openai@{server.url}" and f"engine:openai@{server.url}" in frame["signature"].iloc[0]
+    hf_frame = mq.Study(str(tiny_llama_dir), quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=4).run(
+        tmp_path / "hf", progress=False
+    ).frame
+    assert sorted(frame["item_id"]) == sorted(hf_frame["item_id"])
+    assert "engine:" not in hf_frame["signature"].iloc[0]  # transformers cells keep the signatures they always had
+    sent = server.received
+    again = mq.Study.from_yaml(study_file)
+    again.run(tmp_path / "run", progress=False)
+    assert server.received == sent and again.last_run.cells_skipped == 1
+    reloaded = mq.Study.from_yaml(tmp_path / "run" / "study.yaml")
+    assert reloaded.engine == "openai" and reloaded.engine_options == options
+
+
+def test_engine_choices_and_missing_options_are_named() -> None:
+    with pytest.raises(mq.ConfigError, match=r"engine='vlm' is not one of hf, vllm, openai\. Did you mean 'vllm'"):
+        mq.Study("gemma3-270m", engine="vlm")
+    with pytest.raises(mq.ConfigError, match="engine openai needs base_url"):
+        mq.Study("gemma3-270m", engine="openai")
+
+
+def test_engine_vllm_without_its_venv_fails_before_any_model(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLQUANT_VLLM_PYTHON", str(tmp_path / "no-python"))
+    from mlquant.engines.vllm import installed_vllm_version
+
+    installed_vllm_version.cache_clear()
+    study = mq.Study("nosuch-org/nosuch-model", quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=2, engine="vllm")
+    with pytest.raises(mq.BackendUnavailableError, match="make vllm-venv"):
+        study.run(tmp_path / "run", progress=False)
+    assert not list((tmp_path / "run").rglob("*.parquet"))
