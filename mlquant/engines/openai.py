@@ -58,7 +58,7 @@ from mlquant.requests import (
 )
 from mlquant.spec import QuantSpec
 
-__all__ = ["Echo", "OpenAIEngine", "ServerError"]
+__all__ = ["Echo", "OpenAIEngine", "ServerError", "endpoint_url"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,24 @@ class Echo:
     tokens: list[str]
     logprobs: list[float | None]
     greedy: list[bool | None]
+
+
+def endpoint_url(base_url: str, route: str) -> str:
+    """The URL of an OpenAI-compatible ``route`` (``completions``, ``chat/completions``) from a server's base URL,
+    which may or may not already end in ``/v1`` or in the route itself.
+
+    Example:
+        >>> endpoint_url("http://127.0.0.1:8000", "completions")
+        'http://127.0.0.1:8000/v1/completions'
+        >>> endpoint_url("https://api.example.com/v1/", "chat/completions")
+        'https://api.example.com/v1/chat/completions'
+    """
+    base = base_url.rstrip("/")
+    if base.endswith("/" + route):
+        return base
+    if base.endswith("/v1"):
+        return f"{base}/{route}"
+    return f"{base}/v1/{route}"
 
 
 class OpenAIEngine:
@@ -146,13 +164,7 @@ class OpenAIEngine:
             raise ConfigError(f"OpenAIEngine: timeout={timeout!r}, backoff={backoff!r}; expected timeout > 0, backoff >= 0.")
         if echo_max_tokens not in (None, 0, 1):
             raise ConfigError(f"OpenAIEngine: echo_max_tokens={echo_max_tokens!r}; expected 0, 1 or None (try 0, then 1).")
-        base = base_url.rstrip("/")
-        if base.endswith("/completions"):
-            self.endpoint = base
-        elif base.endswith("/v1"):
-            self.endpoint = base + "/completions"
-        else:
-            self.endpoint = base + "/v1/completions"
+        self.endpoint = endpoint_url(base_url, "completions")
         self.model = model
         self.name = model
         self.api_key_env = api_key_env

@@ -499,13 +499,9 @@ class OpenAIChatModel:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"OpenAIChatModel: url {url!r} must start with http:// or https://.")
-        base = url.rstrip("/")
-        if base.endswith("/chat/completions"):
-            self.endpoint = base
-        elif base.endswith("/v1"):
-            self.endpoint = base + "/chat/completions"
-        else:
-            self.endpoint = base + "/v1/chat/completions"
+        from mlquant.engines.openai import endpoint_url
+
+        self.endpoint = endpoint_url(url, "chat/completions")
         self.model = model
         self.name = f"openai:{model}"
         self.api_key_env = api_key_env
