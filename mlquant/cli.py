@@ -286,6 +286,58 @@ def demo(
     )
 
 
+@app.command("compare-engines")
+def compare_engines_cmd(
+    model: str = typer.Option("gemma3-270m", "--model", "-m", help="model name, hub id, folder or .gguf file"),
+    a: str = typer.Option("hf", "--a", help="first engine (the reference): hf | vllm"),
+    b: str = typer.Option("vllm", "--b", help="second engine: hf | vllm"),
+    tasks: str = typer.Option("xcopa,belebele", help="comma-separated task names"),
+    languages: str = typer.Option("tr,zh", help="comma-separated language codes"),
+    limit: int | None = typer.Option(50, help="items per task and language (a study's seeded sample)"),
+    seed: int = typer.Option(0, help="seed of the item sample"),
+    quant: str | None = typer.Option(None, help="quantize both (e.g. rtn-w4g128); default: the model as it is"),
+    quant_b: str | None = typer.Option(None, help="quantize the second differently (default: --quant)"),
+    task_option: list[str] = typer.Option([], help="a task option, TASK.KEY=VALUE (e.g. flores.max_new_tokens=32)"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the table (and engine start times) here"),
+) -> None:
+    """Score the same items with two engines (same model) and print, per task and language: agreement of the
+    predictions, max/mean |delta log-likelihood|, chrF between their generations and each one's score."""
+    import json
+
+    from mlquant.compare import compare_engines, format_comparison, task_entries
+    from mlquant.engines import load_engine
+
+    engines: list[Any] = []
+    try:
+        entries = task_entries(tasks, task_option)
+        codes = [c.strip() for c in languages.split(",") if c.strip()]
+        starts = []
+        for engine, q in ((a, quant), (b, quant_b or quant)):
+            t0 = time.perf_counter()
+            engines.append(load_engine(engine, model, q))
+            starts.append(time.perf_counter() - t0)
+        frame = compare_engines(engines[0], engines[1], entries, codes, limit=limit, seed=seed)
+    except MlquantError as exc:
+        _fail(exc)
+        return
+    finally:
+        for built in engines:
+            close = getattr(built, "close", None)
+            if callable(close):
+                close()
+    label_a, label_b = f"{a}" + (f" {quant}" if quant else ""), f"{b}" + (f" {quant_b or quant}" if quant_b or quant else "")
+    typer.echo(f"{model}: a = {label_a} (started in {starts[0]:.1f} s), b = {label_b} (started in {starts[1]:.1f} s)")
+    typer.echo(format_comparison(frame))
+    typer.echo("agree: items with the same predicted option (choice) or the same output (generation); |delta|: "
+               "log-likelihoods, nats; chrf: b's generations against a's (100 = identical).")
+    if json_out is not None:
+        blob = {"model": model, "a": a, "b": b, "quant": quant, "quant_b": quant_b or quant, "limit": limit,
+                "seed": seed, "start_seconds": {"a": starts[0], "b": starts[1]},
+                "cells": json.loads(frame.to_json(orient="records"))}
+        json_out.write_text(json.dumps(blob, indent=1, ensure_ascii=False), encoding="utf-8")
+        typer.echo(f"written: {json_out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point (tests run it in a subprocess)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
