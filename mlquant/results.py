@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from mlquant.errors import ConfigError, DataError
+from mlquant.errors import DataError
 
 __all__ = [
     "COLUMNS",
@@ -260,7 +260,8 @@ def _read_part(path: Path, root: Path, what: str) -> pd.DataFrame | None:
 
 
 def default_baseline(frame: pd.DataFrame) -> str:
-    """The baseline of a results frame, the one default every comparison uses: fp32, else bf16, else fp16.
+    """The baseline of a results frame, the one default every comparison uses: fp32, else bf16, else fp16
+    (:func:`mlquant.stats.default_baseline`).
 
     Raises:
         ConfigError: no baseline label is present.
@@ -269,11 +270,9 @@ def default_baseline(frame: pd.DataFrame) -> str:
         >>> default_baseline(pd.DataFrame({"quant": ["rtn-w8", "bf16"]}))
         'bf16'
     """
-    present = set(frame["quant"].unique())
-    for label in ("fp32", "bf16", "fp16"):
-        if label in present:
-            return label
-    raise ConfigError(f"no baseline (fp32, bf16 or fp16) among the quant labels {sorted(present)}.")
+    from mlquant.stats import default_baseline as default
+
+    return default(frame)
 
 
 def aggregate(frame: pd.DataFrame, by: Sequence[str] = ("quant", "task", "lang")) -> pd.DataFrame:
@@ -338,8 +337,11 @@ class Results:
         """The quant labels, in order of appearance."""
         return [str(q) for q in dict.fromkeys(self._frame["quant"])]
 
-    def paired(self, baseline: str = "fp32") -> Any:
-        """The items of every quantized cell paired with its baseline items (:func:`mlquant.stats.pair`), cached."""
+    def paired(self, baseline: str | None = None) -> Any:
+        """The items of every quantized cell paired with its baseline items (:func:`mlquant.stats.pair`), cached.
+
+        ``baseline`` defaults to the run's (:func:`default_baseline`)."""
+        baseline = baseline or default_baseline(self._frame)
         if baseline not in self._pairings:
             from mlquant.stats import pair
 

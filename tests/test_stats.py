@@ -412,3 +412,19 @@ def test_summary_groupings_leave_out_cells_without_a_relative_change() -> None:
     hard = groups[(groups.grouping == "difficulty") & (groups.value == "hard")]
     assert int(hard["n_cells"].iloc[0]) == len(LANGS) - 1
     assert "diff [CI]" in str(s)
+
+
+def test_every_statistic_defaults_to_the_runs_baseline() -> None:
+    """One baseline default (fp32, else bf16, else fp16), the same as the report's: a bf16 study needs no baseline=."""
+    from mlquant.results import Results
+
+    df = pd.DataFrame({"quant": ["bf16"] * 4 + ["w4"] * 4, "task": "t", "lang": "en", "item_id": list("abcd") * 2,
+                       "score": [1.0, 1, 0, 1, 0, 1, 0, 1]})
+    assert stats.default_baseline(df) == "bf16"
+    assert stats.relative_change(df).baseline == "bf16"
+    assert stats.mcnemar(df).to_frame()["quant"].tolist() == ["w4"]
+    assert stats.flips(df).baseline == "bf16"
+    res = Results(df)
+    assert res.paired() is res.paired("bf16")  # the default is the same cached pairing
+    with pytest.raises(ConfigError, match="no baseline"):
+        stats.relative_change(df.assign(quant=df["quant"].replace("bf16", "w8")))

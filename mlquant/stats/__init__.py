@@ -35,7 +35,7 @@ Example:
 from __future__ import annotations
 
 from mlquant.stats._engine import Bootstrap
-from mlquant.stats._frame import Paired, as_frame, pair
+from mlquant.stats._frame import Paired, as_frame, default_baseline, pair
 from mlquant.stats._types import TestResult
 from mlquant.stats.change import ChangeTable, paired_bootstrap, recovery, relative_change
 from mlquant.stats.items import FlipTable, choice_margin, flips
@@ -58,6 +58,7 @@ __all__ = [
     "adjust",
     "as_frame",
     "choice_margin",
+    "default_baseline",
     "drop_frame",
     "flips",
     "mcnemar",

@@ -33,7 +33,7 @@ from mlquant.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Paired", "Weighting", "as_frame", "binary_cells", "pair", "subset"]
+__all__ = ["Paired", "Weighting", "as_frame", "binary_cells", "default_baseline", "pair", "subset"]
 
 Weighting = Literal["language", "item"]
 
@@ -210,7 +210,24 @@ def combine_codes(codes: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarr
     return key
 
 
-def pair(results: Any, baseline: str = "fp32") -> Paired:
+def default_baseline(frame: pd.DataFrame) -> str:
+    """The baseline of a results frame, the one default every comparison uses: fp32, else bf16, else fp16.
+
+    Raises:
+        ConfigError: no baseline label is present.
+
+    Example:
+        >>> default_baseline(pd.DataFrame({"quant": ["rtn-w8", "bf16"]}))
+        'bf16'
+    """
+    present = set(frame["quant"].unique()) if "quant" in frame.columns else set()
+    for label in ("fp32", "bf16", "fp16"):
+        if label in present:
+            return label
+    raise ConfigError(f"no baseline (fp32, bf16 or fp16) among the quant labels {sorted(present)}; pass baseline=.")
+
+
+def pair(results: Any, baseline: str | None = None) -> Paired:
     """Pair every quantized cell with its baseline cell, item by item.
 
     Items present in only one of the two cells are left out; a warning says which cells lost items. Items whose
@@ -219,7 +236,7 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
     Args:
         results: the tidy per-item frame (or an object with a ``.frame``), or a :class:`Paired` (returned as is
             when its baseline is ``baseline``).
-        baseline: the quant label of the reference model.
+        baseline: the quant label of the reference model (default: :func:`default_baseline`).
 
     Raises:
         ConfigError: no row has ``quant == baseline`` (the message lists the labels present), or no other label.
@@ -234,7 +251,7 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
         [0.0]
     """
     if isinstance(results, Paired):
-        if results.baseline != baseline:
+        if baseline is not None and results.baseline != baseline:
             raise ConfigError(
                 f"these results were paired against baseline {results.baseline!r}, not {baseline!r}; "
                 f"pass baseline={results.baseline!r} or pair them again."
@@ -252,6 +269,8 @@ def pair(results: Any, baseline: str = "fp32") -> Paired:
     _check_columns(frame)
     if len(frame) == 0:
         raise DataError("the results frame is empty.")
+    if baseline is None:
+        baseline = default_baseline(frame)
     q_code, q_labels = _codes(frame, "quant", sort=False)
     labels = [str(x) for x in q_labels]
     if baseline not in labels:

@@ -79,7 +79,7 @@ def _as_by(by: str | Sequence[str]) -> tuple[str, ...]:
 
 def change_table(
     results: Any,
-    baseline: str,
+    baseline: str | None,
     by: str | Sequence[str],
     weighting: str,
     ci: Bootstrap | None,
@@ -89,6 +89,7 @@ def change_table(
     by = _as_by(by)
     weighting = check_weighting(weighting)
     paired = pair(results, baseline)
+    baseline = paired.baseline
     group_of_cell, groups = group_cells(paired, by)
     check_group_metrics(paired, group_of_cell, weighting)
     est = point_estimates(paired, group_of_cell, len(groups), weighting)
@@ -133,7 +134,7 @@ def _ci_arg(ci: Bootstrap | bool | None) -> Bootstrap | None:
 
 def relative_change(
     results: Any,
-    baseline: str = "fp32",
+    baseline: str | None = None,
     by: str | Sequence[str] = ("task", "lang"),
     *,
     weighting: Weighting = "language",
@@ -177,7 +178,7 @@ def relative_change(
 
 def recovery(
     results: Any,
-    baseline: str = "fp32",
+    baseline: str | None = None,
     by: str | Sequence[str] = ("task", "lang"),
     *,
     weighting: Weighting = "language",
@@ -205,7 +206,7 @@ def recovery(
 
 def paired_bootstrap(
     results: Any,
-    baseline: str = "fp32",
+    baseline: str | None = None,
     by: str | Sequence[str] = ("task", "lang"),
     *,
     seed: int = 0,

@@ -107,7 +107,7 @@ class FlipTable(FrameResult):
 
 
 def flips(
-    results: Any, baseline: str = "fp32", by: str | Sequence[str] = ("task", "lang"), *, bins: int = 5
+    results: Any, baseline: str | None = None, by: str | Sequence[str] = ("task", "lang"), *, bins: int = 5
 ) -> FlipTable:
     """Flip rates in both directions, the flipped items, and the drop as a function of the baseline's margin.
 
@@ -143,6 +143,7 @@ def flips(
     if not isinstance(bins, int) or bins < 1:
         raise ConfigError(f"bins must be a positive integer, got {bins!r}.")
     paired = pair(results, baseline)
+    baseline = paired.baseline
     is_bin = binary_cells(paired)
     if not is_bin.any():
         raise DataError("flips needs binary (0/1) scores, and no cell has them.")

@@ -125,7 +125,7 @@ class PowerTable(FrameResult):
 
 def power(
     results: Any,
-    baseline: str = "fp32",
+    baseline: str | None = None,
     by: str | Sequence[str] = ("task", "lang"),
     *,
     drop: float | None = None,
@@ -164,6 +164,7 @@ def power(
     """
     za, zb = _z(alpha, target)
     paired = pair(results, baseline)
+    baseline = paired.baseline
     g, groups = group_cells(paired, by)
     n_g = len(groups)
     cell_bin = binary_cells(paired) & ~paired.clustered()

@@ -214,7 +214,7 @@ def _latin_contrast(frame: pd.DataFrame, reps: np.ndarray, spec: Bootstrap) -> p
 
 
 def summary(
-    results: Any, baseline: str = "fp32", *, seed: int = 0, n_resamples: int = 10_000, alpha: float = 0.05
+    results: Any, baseline: str | None = None, *, seed: int = 0, n_resamples: int = 10_000, alpha: float = 0.05
 ) -> Summary:
     """Everything a reviewer asks for, per cell and per grouping, in one object.
 
@@ -249,6 +249,7 @@ def summary(
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}.")
     paired = pair(results, baseline)
+    baseline = paired.baseline
     spec = Bootstrap(n_resamples=n_resamples, method="percentile", confidence=0.95, seed=seed)
     by = ("task", "lang")
     change = change_table(paired, baseline, by, "language", spec).to_frame()

@@ -88,9 +88,10 @@ class TestTable(FrameResult):
 
 
 def _setup(
-    results: Any, baseline: str, by: str | Sequence[str], binary_only: bool, test: str
+    results: Any, baseline: str | None, by: str | Sequence[str], binary_only: bool, test: str
 ) -> tuple[Paired, np.ndarray, pd.DataFrame]:
     paired = pair(results, baseline)
+    baseline = paired.baseline
     if binary_only:
         is_bin = binary_cells(paired)
         if not is_bin.any():
@@ -119,7 +120,7 @@ def _table(groups: pd.DataFrame, cols: dict[str, Any], test: str, paired: Paired
     return TestTable(_frame=frame, test=test, baseline=paired.baseline, keys=keys)
 
 
-def mcnemar(results: Any, baseline: str = "fp32", by: str | Sequence[str] = ("task", "lang")) -> TestTable:
+def mcnemar(results: Any, baseline: str | None = None, by: str | Sequence[str] = ("task", "lang")) -> TestTable:
     """Exact McNemar test of every quantized cell (or group) against its baseline, on binary scores.
 
     With ``b`` items correct in the baseline and wrong after quantization and ``c`` the reverse, the p-value is
@@ -197,7 +198,7 @@ def _enumerate(a: np.ndarray, t: float) -> float:
 
 def permutation_test(
     results: Any,
-    baseline: str = "fp32",
+    baseline: str | None = None,
     by: str | Sequence[str] = ("task", "lang"),
     *,
     n_resamples: int = 10_000,
@@ -304,7 +305,7 @@ def _monte_carlo(mags: list[np.ndarray], t_obs: np.ndarray, ids: np.ndarray, n_r
     return out
 
 
-def wilcoxon(results: Any, baseline: str = "fp32", by: str | Sequence[str] = ("task", "lang")) -> TestTable:
+def wilcoxon(results: Any, baseline: str | None = None, by: str | Sequence[str] = ("task", "lang")) -> TestTable:
     """Wilcoxon signed-rank test of the per-item differences q - b, per cell or group (two-sided).
 
     For continuous per-item scores (chrF, bits per byte). Calls :func:`scipy.stats.wilcoxon` with its defaults
