@@ -293,3 +293,20 @@ def test_a_simulated_rtn_cell_matches_hf(gemma: Any, vllm_gemma: VLLMModel) -> N
     print(f"[vllm] rtn-w4g128 xcopa/sw: {agree}/{len(items)} predictions agree, max |delta loglik| {delta:.2e}")
     assert agree >= len(items) - 1
     assert delta <= 1e-3
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_a_study_with_engine_vllm_matches_the_transformers_study(tmp_path: Path) -> None:
+    """engine: vllm in a study: fp32 and rtn-w4g128 cells through vLLM agree with the transformers engine's."""
+    common: dict[str, Any] = {"quant": ["fp32", "rtn-w4g128"], "tasks": ["xcopa"], "languages": ["tr"], "limit": 12}
+    vllm_study = mq.Study("gemma3-270m", engine="vllm", **common)
+    got = vllm_study.run(tmp_path / "vllm", progress=False).frame
+    want = mq.Study("gemma3-270m", **common).run(tmp_path / "hf", progress=False).frame
+    key = ["quant", "item_id"]
+    got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    assert (got["extracted"] == want["extracted"]).mean() >= 0.99
+    assert got["signature"].str.contains(r"\|engine:vllm@0\.32\.0:dense-float32\|").all()
+    again = mq.Study("gemma3-270m", engine="vllm", **common)
+    again.run(tmp_path / "vllm", progress=False)
+    assert again.last_run.cells_skipped == 2 and again.last_run.models_loaded == 0  # finished: no engine started
