@@ -32,7 +32,7 @@ from mlquant.compare import (
 )
 from mlquant.engines.vllm import REPO_PYTHON
 from mlquant.errors import ConfigError
-from mlquant.requests import GenerateRequest, LoglikelihoodRequest, RollingRequest
+from mlquant.requests import GenerateRequest, LoglikelihoodRequest, Request, RollingRequest
 
 FLORES = {"name": "flores", "direction": "en-xx", "max_new_tokens": 8}
 
@@ -81,8 +81,8 @@ def test_a_model_against_its_rtn_w2_copy_differs() -> None:
 
 def test_answer_keeps_the_request_order() -> None:
     model = make_tiny("llama")
-    reqs = [LoglikelihoodRequest("a b", " c"), GenerateRequest("x y", max_new_tokens=3), RollingRequest("hello"),
-            LoglikelihoodRequest("d", " e")]
+    reqs: list[Request] = [LoglikelihoodRequest("a b", " c"), GenerateRequest("x y", max_new_tokens=3),
+                           RollingRequest("hello"), LoglikelihoodRequest("d", " e")]
     got = answer(model, reqs)
     assert got.seconds > 0
     alone = [model.loglikelihood([reqs[0]])[0], model.generate([reqs[1]])[0],
