@@ -65,7 +65,12 @@ class RunStats:
 
 
 def library_versions() -> tuple[str, str]:
-    """The installed (torch, transformers) versions, ``"none"`` for a missing one."""
+    """The installed (torch, transformers) versions, ``"none"`` for a missing one.
+
+    Example:
+        >>> len(library_versions())
+        2
+    """
 
     def version(pkg: str) -> str:
         try:

@@ -118,7 +118,15 @@ class RunLock:
 
 
 def set_aside(path: Path, run_dir: Path, reason: str) -> Path:
-    """Move a damaged file of a run folder to ``<run>/.corrupt/<relative path>.<timestamp>``; the caller warns."""
+    """Move a damaged file of a run folder to ``<run>/.corrupt/<relative path>.<timestamp>``; the caller warns.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> _ = (run / "cache.sqlite").write_bytes(b"junk")
+        >>> set_aside(run / "cache.sqlite", run, "not a database").parent == run / ".corrupt"
+        True
+    """
     rel = path.resolve().relative_to(run_dir.resolve())
     target = run_dir / CORRUPT_DIR / rel.parent / f"{rel.name}.{time.strftime('%Y%m%d-%H%M%S')}"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +151,19 @@ def check_study_file(run_dir: Path, resolved: dict[str, Any], *, add: bool = Fal
     Raises:
         StudyMismatchError: naming the first difference and ``--add``.
         DataError: the folder's ``study.yaml`` cannot be read.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> old = {"model": "m", "seed": 0, "quant": [{"label": "fp32"}], "tasks": [{"name": "xcopa", "languages": ["tr"]}]}
+        >>> _ = (run / "study.yaml").write_text(yaml.safe_dump(old))
+        >>> new = {**old, "quant": [{"label": "fp32"}, {"label": "rtn-w8"}]}
+        >>> check_study_file(run, new)
+        Traceback (most recent call last):
+        ...
+        mlquant.rundir.StudyMismatchError: ... this one adds quant 'rtn-w8'. Run with --add ...
+        >>> [q["label"] for q in check_study_file(run, new, add=True)["quant"]]
+        ['fp32', 'rtn-w8']
     """
     path = run_dir / "study.yaml"
     if not path.is_file():
