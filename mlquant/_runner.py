@@ -394,14 +394,3 @@ def result_row(cell: Cell, item: Item, scored: ItemScore, sig: str, model_id: st
         extra=json.dumps(dict(scored.extra), ensure_ascii=False, default=float),
         signature=sig,
     )
-
-
-def stored_signature(path: Path) -> str | None:
-    """The signature stored in a cell file, or None when the file cannot be read (it is then recomputed)."""
-    try:
-        import pyarrow.parquet as pq
-
-        col = pq.read_table(path, columns=["signature"]).column("signature")
-        return str(col[0]) if len(col) else None
-    except Exception:  # a damaged file is recomputed
-        return None
