@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,24 @@ def export_items(spec: dict[str, list[str]], limit: int | None, seed: int) -> li
     return rows
 
 
+def worker_ask(worker: subprocess.Popen[str], python: str) -> Callable[[dict[str, Any]], Any]:
+    """One JSON-lines request and answer with the lm-eval worker; an empty request only reads its next line
+    (the greeting). Used here and by bench/engines.py."""
+
+    def ask(request: dict[str, Any]) -> Any:
+        if worker.stdin is None or worker.stdout is None:
+            raise SystemExit("the lm-eval worker has no pipes")
+        if request:
+            worker.stdin.write(json.dumps(request) + "\n")
+            worker.stdin.flush()
+        line = worker.stdout.readline()
+        if not line:
+            raise SystemExit(f"the lm-eval worker ({python}) stopped; see its messages above")
+        return json.loads(line)
+
+    return ask
+
+
 def _float_cache_dirs(model: Any) -> tuple[str, str]:
     """Folders of the cached float weights and tokenizer of a GGUF-derived model (see mlquant/_loading.py)."""
     import transformers
@@ -368,15 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [lm_python, str(Path(__file__).resolve()), "--lm-eval-worker", str(Path(tmp) / "spec.json")]
         worker = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-        def ask(request: dict[str, Any]) -> Any:
-            assert worker.stdin is not None and worker.stdout is not None
-            if request:
-                worker.stdin.write(json.dumps(request) + "\n")
-                worker.stdin.flush()
-            line = worker.stdout.readline()
-            if not line:
-                raise SystemExit(f"the lm-eval worker ({lm_python}) stopped; see its messages above")
-            return json.loads(line)
+        ask = worker_ask(worker, lm_python)
 
         try:
             # Warm-ups (excluded from the timings): mlquant while the worker loads, then the worker's own.

@@ -67,16 +67,7 @@ def lm_eval_choice(python: str, model: Any, blocks: list[tuple[str, list[str], i
         t0 = time.perf_counter()
         worker = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-        def ask(request: dict[str, Any]) -> Any:
-            if worker.stdin is None or worker.stdout is None:
-                raise SystemExit("the lm-eval worker has no pipes")
-            if request:
-                worker.stdin.write(json.dumps(request) + "\n")
-                worker.stdin.flush()
-            line = worker.stdout.readline()
-            if not line:
-                raise SystemExit(f"the lm-eval worker ({python}) stopped; see its messages above")
-            return json.loads(line)
+        ask = choice.worker_ask(worker, python)
 
         try:
             hello = ask({})

@@ -59,8 +59,8 @@ def _as_frame(results: Any) -> pd.DataFrame:
 
 
 def default_baseline(frame: pd.DataFrame) -> str:
-    """The baseline label of a results frame: fp32, else bf16, else fp16 (:func:`mlquant.results.default_baseline`)."""
-    from mlquant.results import default_baseline as default
+    """The baseline label of a results frame: fp32, else bf16, else fp16 (:func:`mlquant.stats.default_baseline`)."""
+    from mlquant.stats import default_baseline as default
 
     return default(_as_frame(frame))
 

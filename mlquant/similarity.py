@@ -213,7 +213,7 @@ def output_similarity(
 
     Args:
         results: the tidy results frame (columns ``quant``, ``task``, ``lang``, ``item_id``, ``output``, ``kind``).
-        baseline: quant label of the baseline (default: the run's, see :func:`mlquant.results.default_baseline`).
+        baseline: quant label of the baseline (default: the run's, see :func:`mlquant.stats.default_baseline`).
         metrics: any of ``chrf`` (0-100), ``rouge_l`` (0-1), ``cosine`` (-1..1).
         embedder: sentence embedder for ``cosine`` (default :func:`default_embedder`).
         tasks: restrict to these task names.
@@ -226,7 +226,7 @@ def output_similarity(
     unknown = sorted(set(metrics) - set(SIMILARITY_METRICS))
     if unknown:
         raise ConfigError(f"output_similarity: unknown metric {unknown[0]!r}; expected some of {SIMILARITY_METRICS}.")
-    from mlquant.results import default_baseline
+    from mlquant.stats import default_baseline
 
     baseline = baseline or default_baseline(_frame(results))
     pairs = _paired(results, baseline, ["output"], kinds, tasks, "output_similarity")
@@ -258,7 +258,7 @@ def flip_rate(
 
     Args:
         results: the tidy results frame or :class:`~mlquant.results.Results`.
-        baseline: quant label of the baseline (default: the run's, see :func:`mlquant.results.default_baseline`).
+        baseline: quant label of the baseline (default: the run's, see :func:`mlquant.stats.default_baseline`).
         kinds: task kinds (default: choice tasks; None: every task, e.g. to include exact-match MGSM).
         tasks: restrict to these task names.
         by: grouping columns: ``quant`` and some of ``task``, ``lang``.
@@ -269,8 +269,7 @@ def flip_rate(
     """
     import pandas as pd
 
-    from mlquant.results import default_baseline
-    from mlquant.stats import flips
+    from mlquant.stats import default_baseline, flips
 
     columns = [*by, "n", "flips", "correct_to_wrong", "wrong_to_correct", "flip_rate", "acc_base", "acc"]
     bad = sorted(set(by) - {"quant", "task", "lang"})
