@@ -244,7 +244,7 @@ def _load_builtins() -> None:
         for module in _BUILTIN_MODULES:
             importlib.import_module(f"mlquant.quantize.{module}")
         # Further method modules register themselves when present.
-        for module in ("gptq", "smoothquant", "fp8", "bnb"):
+        for module in ("gptq", "smoothquant", "fp8", "bnb", "awq", "hqq", "fp4", "w4a8", "kquant"):
             try:
                 importlib.import_module(f"mlquant.quantize.{module}")
             except ModuleNotFoundError as exc:
