@@ -24,22 +24,6 @@ app = typer.Typer(add_completion=False, help="Measure what quantization costs an
 
 LIST_WHATS = ("tasks", "methods", "languages")
 
-DEMO_LANGUAGES = ("en", "fr", "de", "zh", "ja", "ru", "th", "sw")  # 5 scripts: Latn Hans Jpan Cyrl Thai
-#: Small limits keep the demo under 10 minutes on 2 CPU cores; generation (mgsm) costs the most per item.
-DEMO_TASKS: list[Any] = [
-    {"name": "xcopa", "limit": 12},
-    {"name": "belebele", "limit": 8},
-    {"name": "mgsm", "shots": 1, "max_new_tokens": 48, "limit": 4, "languages": ["en", "ja", "ru", "th"]},
-    {"name": "flores_ppl", "limit": 10},
-]
-DEMO_NOTE = (
-    "Note: the demo model is Gemma 3 270M from a 4-bit Q4_K_M GGUF file, dequantized to float. Its 'fp32' baseline "
-    "is therefore itself a 4-bit model: the table measures what quantizing *again* costs. The model is small and near "
-    "chance on some choice tasks in some languages; bits per byte (flores_ppl) carries the signal there. Choice cells "
-    "here hold 8-12 items, so their relative changes are mostly noise: `mlquant report` gives each a CI, a test and "
-    "the smallest change it could detect."
-)
-
 
 #: Set by the global ``--debug`` option: errors then show their traceback.
 _OPTIONS: dict[str, bool] = {"debug": False}
@@ -246,44 +230,18 @@ def kl(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory"),
-    limit: int = typer.Option(12, help="items per cell (xcopa, belebele and mgsm have their own smaller limits)"),
+    limit: int | None = typer.Option(None, help="items per cell for every task (default: each task's demo limit)"),
+    dtype: str = typer.Option("auto", help="the baseline's dtype: auto (bf16 only where it pays and agrees) | fp32 | bf16"),
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
-    """Gemma 3 270M: fp32 vs rtn-w8, rtn-w4, rtn-w4g128 on xcopa, belebele, mgsm, flores_ppl in 8 languages."""
-    import pandas as pd
+    """Gemma 3 270M (a dequantized 4-bit GGUF) vs rtn-w8, rtn-w4, rtn-w4g128 on xcopa, belebele, mgsm, flores_ppl in
+    8 languages: the significant differences first, and an HTML report in the run folder."""
+    from mlquant.demo import DemoOptions, run_demo
 
-    import mlquant as mq
-    from mlquant.report import format_table, relative_change_table, similarity_table
-
-    started = time.time()
-    typer.echo(DEMO_NOTE)
     try:
-        study = mq.Study(
-            "gemma3-270m",
-            quant=["fp32", "rtn-w8", "rtn-w4", "rtn-w4g128"],
-            tasks=DEMO_TASKS,
-            languages=list(DEMO_LANGUAGES),
-            limit=limit,
-            seed=0,
-            name="demo",
-        )
-        frame = study.run(out, progress=not quiet).frame
+        run_demo(DemoOptions(out=out, limit=limit, dtype=dtype, progress=not quiet), echo=typer.echo)
     except MlquantError as exc:
         _fail(exc)
-        return
-    typer.echo("\nRelative change 100*(q-b)/b vs fp32, paired by item (bits_per_byte: positive = worse):")
-    typer.echo(format_table(relative_change_table(frame, "fp32")))
-    similar = similarity_table(frame, "fp32").reset_index()
-    cols = [c for c in ("flip_rate", "chrf") if c in similar.columns]
-    typer.echo("\nSimilarity to fp32's answers, mean over languages (flip_rate: % of items whose correctness "
-               "changed; chrf: 0-100 between the generated texts, 100 = identical):")
-    means = similar.groupby(["task", "quant"])[cols].mean().unstack("quant")
-    typer.echo(format_table(means.to_frame() if isinstance(means, pd.Series) else means, 1))
-    s = study.last_run
-    typer.echo(
-        f"\n{len(frame)} item results in {out} ({s.cells_computed} cells computed, {s.cells_skipped} already there); "
-        f"wall time {time.time() - started:.0f} s.\n{DEMO_NOTE}\nMore: mlquant report {out}"
-    )
 
 
 @app.command("compare-engines")
