@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(abspath ../shared/data)
-EXTRAS ?= dev,bnb,confusion,similarity,embed,plot,ray
+EXTRAS ?= dev,bnb,confusion,similarity,embed,plot,ray,docs,reference
 PYTEST_ARGS ?=
 LOCK ?= requirements/lock.txt
 
