@@ -11,7 +11,8 @@ behaviour moves from the baseline's on the *same* items:
 * :func:`flip_rate` — the share of items whose correctness changes (correct -> wrong or wrong -> correct), on choice
   tasks by default ("flips", Dutta et al. 2024 *Accuracy is Not All You Need*);
 * :func:`kl_divergence` — the mean KL(P_baseline || P_quantized) of the next-token distributions over the tokens of
-  each text, and :func:`flores_kl` to run it on the ``flores_ppl`` sentences of a language.
+  each text, and :func:`flores_kl` to run it on the ``flores_ppl`` sentences of a language (the full llama.cpp
+  statistics per language, with CIs clustered by sentence, are in :mod:`mlquant.distance`).
 
 The input of the first two is the tidy results frame of a study (``mq.read_results(run_dir)``; at least the
 columns ``quant``, ``task``, ``lang``, ``item_id``, ``output``, ``score`` and ``kind``), with the baseline given by
@@ -304,9 +305,10 @@ def kl_divergence(
     """Mean over each text's positions of KL(P_baseline(. | prefix) || P_quantized(. | prefix)), in nats.
 
     Both models read the same tokens (BOS + the text, in disjoint windows of ``max_length`` as in perplexity); every
-    position predicting a text token is scored, including the first after BOS. The LM heads (with Gemma's final
-    logit soft-capping) are applied to ``chunk_size`` positions at a time, so memory holds at most two
-    [chunk_size, vocab] log-probability buffers, never [batch, seq, vocab].
+    position predicting a text token is scored, including the first after BOS. The per-token values come from
+    :func:`mlquant.distance.token_distances` (LM heads, with Gemma's final logit soft-capping, on ``chunk_size``
+    positions at a time, never [batch, seq, vocab]); :func:`mlquant.distance.distance` reports the full
+    llama.cpp-style statistics with sentence-clustered CIs.
 
     Args:
         baseline, quantized: two HFModels with the same tokenizer (a quantizer's output shares its source's).
@@ -321,53 +323,13 @@ def kl_divergence(
         >>> kl_divergence(model, model, ["Hello world"])  # doctest: +SKIP
         [0.0]
     """
-    import torch
+    from mlquant.distance import token_distances
 
     if batch_size < 1 or chunk_size < 1:
         raise ConfigError(f"kl_divergence: batch_size={batch_size} and chunk_size={chunk_size} must be >= 1.")
-    tok_b, tok_q = baseline.tokenizer, quantized.tokenizer
-    if tok_b is not tok_q and tok_b.get_vocab() != tok_q.get_vocab():
-        raise ConfigError("kl_divergence: the two models have different vocabularies; KL needs the same tokenizer.")
-    prefix = baseline.prefix_ids()
-    max_len = min(baseline.max_length, quantized.max_length)
-    step = max_len - len(prefix)
-    windows: list[tuple[int, list[int]]] = []
-    for i, text in enumerate(texts):
-        text_ids = list(tok_b(text, add_special_tokens=False)["input_ids"])
-        for start in range(0, len(text_ids), step):
-            windows.append((i, prefix + text_ids[start : start + step]))
-    sums = [0.0] * len(texts)
-    counts = [0] * len(texts)
-    order = sorted(range(len(windows)), key=lambda w: -len(windows[w][1]))
-    pad = tok_b.pad_token_id or 0
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = [windows[w] for w in order[start : start + batch_size]]
-            width = max(len(t) for _, t in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for k, (_, toks) in enumerate(chunk):
-                ids[k, : len(toks)] = torch.tensor(toks)
-                mask[k, : len(toks)] = 1
-            hiddens = []
-            for model in (baseline, quantized):
-                out = model.hidden_states(ids, mask)
-                # Positions 0..len-2 predict the text tokens 1..len-1.
-                hiddens.append(torch.cat([out.last_hidden_state[k, : len(t) - 1] for k, (_, t) in enumerate(chunk)]))
-            owner = torch.tensor([i for i, t in chunk for _ in range(len(t) - 1)], dtype=torch.long)
-            if owner.numel() == 0:
-                continue
-            kl_all = []
-            for s in range(0, owner.numel(), chunk_size):
-                lp_b = baseline.logprobs_at(hiddens[0][s : s + chunk_size])
-                lp_q = quantized.logprobs_at(hiddens[1][s : s + chunk_size]).to(lp_b.device)
-                kl_all.append((lp_b.exp() * (lp_b - lp_q)).sum(dim=-1).cpu().double())  # MPS has no float64
-                del lp_b, lp_q
-            kl = torch.cat(kl_all)
-            for i, value in zip(owner.tolist(), kl.tolist()):
-                sums[i] += value
-                counts[i] += 1
-    return [sums[i] / counts[i] if counts[i] else math.nan for i in range(len(texts))]
+    tokens = token_distances(baseline, quantized, texts, batch_size=batch_size, chunk_size=chunk_size)
+    means = tokens.groupby("text")["kl"].mean()
+    return [float(means[i]) if i in means.index else math.nan for i in range(len(texts))]
 
 
 def flores_kl(
