@@ -34,6 +34,7 @@ _LAZY = {
     "Results": "mlquant.results",
     "read_results": "mlquant.results",
     "stats": "mlquant.stats",
+    "plot": "mlquant.plot",
     "report": "mlquant.report",
     "results": "mlquant.results",
 }
@@ -65,7 +66,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import heavy parts (models, study, results, stats) on first use."""
+    """Import heavy parts (models, study, results, stats, plot) on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mlquant' has no attribute {name!r}")
