@@ -439,7 +439,12 @@ def _method_matrix(
     short_of = {label: short for short, label in names.items()}
     own = frame[frame["quant"].isin(list(names.values()))]
     keys = ["quant", "task", "lang"]
-    cells = own.groupby(keys, sort=False).agg(score=("score", "mean"), n=("score", "count")).reset_index()
+    weight = pd.to_numeric(own["weight"], errors="coerce").fillna(1.0) if "weight" in own.columns else 1.0
+    scored = own.assign(_w=weight, _sw=pd.to_numeric(own["score"], errors="coerce") * weight)
+    scored = scored[scored["_sw"].notna()]
+    cells = scored.groupby(keys, sort=False).agg(sw=("_sw", "sum"), w=("_w", "sum"), n=("_sw", "count")).reset_index()
+    cells["score"] = cells["sw"] / cells["w"]
+    cells = cells.drop(columns=["sw", "w"])
     others = [label for label in names.values() if label != ref_label]
     if others:
         delta = _compare(frame, ref_label, others, ci).rename(
