@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import scipy.stats as ss
 import torch
+from conftest import make_tiny
 
 from mlquant.activations import ActivationTable, activation_ranges, flores_texts
 from mlquant.errors import ConfigError
 from mlquant.quantize.calibration import encode_texts
-
-from conftest import make_tiny
 
 CAL = {"cal": ["The cat sat on the mat.", "A short calibration text, in English.", "Numbers 1 2 3 and words."]}
 EVAL = {
