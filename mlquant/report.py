@@ -1,11 +1,14 @@
 """Reports: what quantizing cost, per task and language, built once as data and rendered as text or HTML.
 
-:func:`build_report` computes every section of the report once, as :class:`Section` objects (a title, a table or
-a text, a note); :meth:`Report.to_text` renders them for the terminal (what ``mlquant report RUN`` prints) and
-:meth:`Report.to_html` as a static HTML page (``mlquant report RUN --html PAGE``, :func:`write_html`). Sections:
-scores, relative change, similarity to the baseline, judge win rates, the corpus-level metrics of every cell
-(:meth:`mlquant.tasks.Task.aggregate`: chrF++ and spBLEU of translation, LPR / WPR / LCPR of language
-confusion) and the statistics summary. The tables are also public functions.
+:func:`build_report` computes every part of the report once: the summary (:mod:`mlquant.report_summary`: the
+changes that survive Holm correction across all cells, in words, and what the other cells could have detected),
+the table sections (:class:`Section`: scores, relative change, similarity to the baseline, judge win rates, the
+corpus-level metrics of every cell -- chrF++ and spBLEU of translation, LPR / WPR / LCPR of language confusion) and
+the statistics of every cell. :meth:`Report.to_text` renders them for the terminal (what ``mlquant report RUN``
+prints); :meth:`Report.to_html` as a self-contained page (:mod:`mlquant.report_html`: summary first, then the
+figures of :func:`mlquant.plot.report_figures` as inline SVG, the tables and the statistics; ``mlquant report RUN
+--html PAGE``, :func:`write_html`), and ``_repr_html_`` the same without the page shell for Jupyter. The tables are
+also public functions.
 
 Example:
     >>> import mlquant as mq  # doctest: +SKIP
@@ -15,11 +18,10 @@ Example:
 
 from __future__ import annotations
 
-import html
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,14 @@ from typing import Any
 import pandas as pd
 
 from mlquant.errors import MlquantError
+from mlquant.report_html import EMPTY, Section, figures_html, format_table, render, statistics_html, summary_html
+from mlquant.report_summary import Findings, RunInfo, cell_statistics, find, run_info
 from mlquant.results import aggregate
 from mlquant.stats import as_frame
 from mlquant.tasks import Task, get_task
 
 __all__ = [
+    "EMPTY",
     "Report",
     "Section",
     "build_report",
@@ -47,9 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: What :func:`format_table` shows for an empty table.
-EMPTY = "(nothing to show: no scored item of a quantized cell pairs with the baseline)"
 
 
 def _as_frame(results: Any) -> pd.DataFrame:
@@ -289,94 +291,70 @@ def _corpus_sections(frame: pd.DataFrame) -> list[Section]:
     return sections
 
 
-# ----- sections and their rendering -------------------------------------------------------------------------------------
-def format_table(table: pd.DataFrame, digits: int = 2) -> str:
-    """A fixed-width text rendering of a table (for the terminal and the demo)."""
-    if table.empty:
-        return EMPTY
-    text: str = table.round(digits).to_string(na_rep="-")
-    return text
-
-
-@dataclass(frozen=True)
-class Section:
-    """One section of a report: a title, a table (or a preformatted text), a note, and lines after the body.
-
-    Attributes:
-        title: the heading.
-        body: a table, or preformatted text (the statistics summary).
-        note: how to read the body (units, abbreviations); in parentheses after the title in text.
-        digits: decimals shown of the table's numbers.
-        lines: shown after the body (the signatures of corpus metrics).
-
-    Example:
-        >>> print(Section("Scores", pd.DataFrame({"fp32": [0.5]}, index=["xcopa"]), "weighted mean").to_text())
-        Scores (weighted mean):
-               fp32
-        xcopa   0.5
-    """
-
-    title: str
-    body: pd.DataFrame | str
-    note: str = ""
-    digits: int = 2
-    lines: tuple[str, ...] = ()
-
-    def to_text(self) -> str:
-        """The section for a terminal."""
-        head = f"{self.title} ({self.note}):" if self.note else f"{self.title}:"
-        body = self.body if isinstance(self.body, str) else format_table(self.body, self.digits)
-        return "\n".join([head, body, *(f"  {line}" for line in self.lines)])
-
-    def to_html(self) -> str:
-        """The section as an HTML fragment."""
-        parts = [f"<h2>{html.escape(self.title)}</h2>"]
-        if self.note:
-            parts.append(f"<p>{html.escape(self.note)}</p>")
-        if isinstance(self.body, str):
-            parts.append(f"<pre>{html.escape(self.body)}</pre>")
-        elif self.body.empty:
-            parts.append(f"<p>{html.escape(EMPTY)}</p>")
-        else:
-            parts.append(str(self.body.round(self.digits).to_html(na_rep="-")))
-        parts += [f"<p><code>{html.escape(line)}</code></p>" for line in self.lines]
-        return "\n".join(parts)
-
-
-_STYLE = ("body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
-          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}")
-
-
+# ----- the report ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Report:
-    """A report on a run: its sections, computed once (:func:`build_report`), rendered as text or HTML.
+    """A report on a run: its parts, computed once (:func:`build_report`), rendered as text or HTML.
 
     Attributes:
         baseline: the baseline quant label.
         models: the models of the run.
-        sections: the sections, in order.
+        sections: the table sections, in order.
+        findings: the summary's findings (:func:`mlquant.report_summary.find`), None without a paired cell.
+        statistics: the statistics of every cell in display units (:func:`mlquant.report_summary.cell_statistics`).
+        summary: the :class:`mlquant.stats.Summary` (what the terminal prints last), None without a paired cell.
+        info: the run's model, baseline, dates, versions and cell signatures.
+        results: the per-item frame the figures are drawn from (drawn when the HTML is rendered).
     """
 
     baseline: str
     models: tuple[str, ...]
     sections: tuple[Section, ...]
+    findings: Findings | None = None
+    statistics: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    summary: Any = field(default=None, repr=False)
+    info: RunInfo | None = field(default=None, repr=False)
+    results: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
     def header(self) -> str:
         return f"Baseline: {self.baseline}. Models: {', '.join(self.models)}."
 
     def to_text(self) -> str:
-        """The report for a terminal (what ``mlquant report RUN`` prints)."""
-        return "\n\n".join([self.header, *(s.to_text() for s in self.sections)])
+        """The report for a terminal (what ``mlquant report RUN`` prints): summary, tables, statistics."""
+        parts = [self.header]
+        if self.info is not None and self.info.note:
+            parts.append(f"Note: {self.info.note}")
+        if self.findings is not None:
+            parts.append(self.findings.to_text())
+        parts += [s.to_text() for s in self.sections]
+        if self.summary is not None:
+            parts.append(f"Statistics:\n{self.summary}")
+        return "\n\n".join(parts)
+
+    def html_parts(self) -> list[str]:
+        """The rendered sections of the HTML report, in order: summary, figures, tables, statistics, groupings."""
+        info = self.info or run_info(self.results, self.baseline)
+        parts = [summary_html(self.findings, info)]
+        if len(self.results):
+            parts.append(figures_html(self.results, self.baseline))
+        parts += [s.to_html() for s in self.sections]
+        if self.findings is not None and len(self.statistics):
+            notes = tuple(self.summary.notes) if self.summary is not None else ()
+            parts.append(statistics_html(self.statistics, self.findings, notes))
+            groups = self.summary.groups() if self.summary is not None else pd.DataFrame()
+            if len(groups):
+                parts.append(Section("Groupings", groups.drop(columns=["weighting"], errors="ignore"),
+                                     "mean of the cells' relative changes in % with its 95 % bootstrap CI; each "
+                                     "task x language cell weighs the same").to_html())
+        return parts
 
     def to_html(self) -> str:
-        """A static HTML page."""
-        head = (f"<!doctype html><html><head><meta charset='utf-8'><title>mlquant report</title><style>{_STYLE}</style>"
-                f"</head><body>\n<h1>mlquant report</h1>\n<p>{html.escape(self.header)}</p>")
-        return "\n".join([head, *(s.to_html() for s in self.sections), "</body></html>"])
+        """The report as a self-contained HTML page (inline CSS and SVG; no script, no external request)."""
+        return render(self.html_parts())
 
     def write_html(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_html` to ``path``; return the path."""
+        """Write :meth:`to_html` to ``path`` (UTF-8); return the path."""
         out = Path(path)
         out.write_text(self.to_html(), encoding="utf-8")
         return out
@@ -385,7 +363,7 @@ class Report:
         return self.to_text()
 
     def _repr_html_(self) -> str:
-        return f"<p>{html.escape(self.header)}</p>" + "\n".join(s.to_html() for s in self.sections)
+        return render(self.html_parts(), page=False)
 
 
 def build_report(
@@ -435,9 +413,14 @@ def build_report(
         sections.append(Section("Pairwise judge, quantized vs baseline, both orders",
                                 win_rates(judged, by=keys).set_index(keys), "win_rate = win + tie/2", digits=3))
     sections += _corpus_sections(frame)
+    findings, statistics, summary = None, pd.DataFrame(), None
     if len(changes):
-        sections.append(Section("Statistics", str(stats.summary(scored_rows(frame), baseline=baseline))))
-    return Report(baseline, models, tuple(sections))
+        scored = scored_rows(frame)
+        summary = stats.summary(scored, baseline=baseline)
+        statistics = cell_statistics(summary, scored)
+        findings = find(summary, scored)
+    info = run_info(frame, baseline, getattr(results, "run_dir", None))
+    return Report(baseline, models, tuple(sections), findings, statistics, summary, info, frame)
 
 
 def write_html(
