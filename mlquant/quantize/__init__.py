@@ -1,9 +1,10 @@
 """Quantization: the :class:`Quantizer` protocol, the method modules, and :func:`quantize`.
 
 :func:`quantize` owns the pipeline every method shares: validate the spec, copy the weights (the input model is
-never modified), let the method *transform* the copy, then measure the per-layer report and time it. A method
-writes only its transform (see ``docs/contributing.md``). Specs and the method registry are value objects in the
-leaf module :mod:`mlquant.spec`, re-exported here.
+never modified), rotate them when the spec asks (``rotate: hadamard``, for methods whose ``option_defaults`` include
+:data:`~mlquant.quantize.rotate.ROTATE_DEFAULTS`), let the method *transform* the copy, then measure the per-layer
+report and time it. A method writes only its transform (see ``docs/contributing.md``). Specs and the method registry
+are value objects in the leaf module :mod:`mlquant.spec`, re-exported here.
 
 Example:
     >>> from mlquant.quantize import QuantSpec
@@ -110,13 +111,47 @@ def quantize(model: HFModel, spec: QuantSpec | str, **overrides: Any) -> HFModel
 
     start = time.perf_counter()
     work = model.copy_torch_model() if quantizer.copies_weights else None
+    rotation = _rotate(work, model, spec, quantizer.option_defaults)
     out = quantizer.transform(work, model, spec)
     out.torch_model.eval()
     quantized = model.derive(out.torch_model, spec)
-    report = build_report(model, quantized, out.records, seconds=time.perf_counter() - start)
+    records = dict(out.records)
+    if rotation is not None:
+        from mlquant.quantize.rotate import rotated_weight_errors
+
+        for name, err in rotated_weight_errors(model.torch_model, out.torch_model).items():
+            records[name] = {**records.get(name, {}), "weight_rel_err": records.get(name, {}).get("weight_rel_err", err)}
+    report = build_report(model, quantized, records, seconds=time.perf_counter() - start)
     report.attrs.update(out.attrs)
+    if rotation is not None:
+        stats, built = rotation
+        for column in sorted({c for row in stats.values() for c in row}):
+            report[column] = [stats.get(name, {}).get(column, float("nan")) for name in report["layer"]]
+        report.attrs["rotation"] = {"kind": spec.options["rotate"], "hadamard": built}
     quantized.quant_report = report
     return quantized
+
+
+def _rotate(
+    work: Any, model: HFModel, spec: QuantSpec, defaults: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, float]], dict[int, str]] | None:
+    """The rotation step (rotate.py) when the spec asks for it: rotate ``work`` in place, return the per-layer
+    outlier statistics (weights, and inputs on the report text) and how each Hadamard matrix was built."""
+    kind = spec.options.get("rotate", defaults.get("rotate", "none"))
+    if kind == "none" or "rotate" not in defaults:
+        return None
+    if work is None:
+        raise ConfigError(f"quantize(): {spec.method} does not quantize a copy of the weights; it cannot be rotated.")
+    from mlquant.quantize._common import pad_id
+    from mlquant.quantize.calibration import encode_texts, report_texts
+    from mlquant.quantize.rotate import activation_outliers, rotate_model
+
+    stats, built = rotate_model(work, int(spec.options.get("rotate_seed", defaults.get("rotate_seed", 0))))
+    seqs = encode_texts(model.tokenizer, report_texts()[::4], 128)  # 2 texts per report language
+    if seqs:
+        for name, row in activation_outliers(work, seqs, pad_id(model.tokenizer)).items():
+            stats.setdefault(name, {}).update(row)
+    return stats, built
 
 
 def save_quantized(model: HFModel, path: str | Path, format: str = "auto") -> Path:
@@ -125,7 +160,16 @@ def save_quantized(model: HFModel, path: str | Path, format: str = "auto") -> Pa
     Example:
         >>> from mlquant.quantize import save_quantized  # doctest: +SKIP
         >>> save_quantized(mq.quantize(model, "gptq-w4g128"), "out/gemma-gptq")  # doctest: +SKIP
+
+    Raises:
+        ConfigError: the model's Linears are rotated online (``rotate: hadamard``): no format carries that.
     """
+    from mlquant.quantize._common import ROTATE_ATTR
     from mlquant.quantize.export import save_quantized as _save
 
+    if model.torch_model is not None and any(getattr(m, ROTATE_ATTR, None) for m in model.torch_model.modules()):
+        raise ConfigError(
+            f"save_quantized(): {model.spec.label} rotates each Linear's input online (rotate: hadamard); its weights "
+            "are W·Q and no checkpoint format carries the rotation. Evaluate it in process, or quantize without rotate."
+        )
     return _save(model, path, format)

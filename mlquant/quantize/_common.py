@@ -26,6 +26,8 @@ QPARAMS_ATTR = "mlquant_qparams"
 ACT_ATTR = "mlquant_act"
 #: Attribute set on a Linear whose float weight was rescaled by SmoothQuant: (input scale, output scale or None).
 SMOOTH_ATTR = "mlquant_smooth"
+#: Attribute set on a Linear whose weight is ``W Q`` and whose input is rotated online ``x -> x Q`` (rotate.py).
+ROTATE_ATTR = "mlquant_rotate"
 
 
 # ----- spec checks ------------------------------------------------------------------------------------------------
@@ -218,24 +220,34 @@ def int8_per_token(x: torch.Tensor) -> torch.Tensor:
 
 
 class ActQuant:
-    """Forward pre-hook quantizing a Linear's input per token on the fly (``int8`` or ``fp8``)."""
+    """Forward pre-hook quantizing a Linear's input per token on the fly (``int8`` or ``fp8``).
+
+    Subclasses (the FP4 formats of fp4.py) override :meth:`quantize` and :attr:`kinds`; :func:`remove_act_quant`
+    removes them all.
+    """
+
+    kinds: tuple[str, ...] = ("int8", "fp8")
 
     def __init__(self, kind: str) -> None:
-        if kind not in ("int8", "fp8"):
-            raise ConfigError(f"activation quantization {kind!r} is not 'int8' or 'fp8'.")
+        if kind not in self.kinds:
+            raise ConfigError(f"activation quantization {kind!r} is not one of {list(self.kinds)}.")
         self.kind = kind
 
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_per_token(x) if self.kind == "int8" else fp8_fake_quant(x, dim=-1)
+
     def __call__(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]
-        xq = int8_per_token(x) if self.kind == "int8" else fp8_fake_quant(x, dim=-1)
-        return (xq, *args[1:])
+        return (self.quantize(args[0]), *args[1:])
 
 
-def install_act_quant(linear: Any, kind: str) -> None:
-    """Quantize ``linear``'s inputs per token from now on (idempotent)."""
+def install_act_quant(linear: Any, kind: str, hook: ActQuant | None = None) -> None:
+    """Quantize ``linear``'s inputs per token from now on (idempotent); ``hook`` overrides ``ActQuant(kind)``.
+
+    The hook runs after every hook already there (an input rotation, see rotate.py, comes first).
+    """
     if getattr(linear, ACT_ATTR, None) == kind:
         return
-    linear.register_forward_pre_hook(ActQuant(kind))
+    linear.register_forward_pre_hook(hook if hook is not None else ActQuant(kind))
     setattr(linear, ACT_ATTR, kind)
 
 
@@ -244,12 +256,49 @@ def remove_act_quant(linear: Any) -> None:
 
     torch has no public way to remove a hook by its function once the handle is gone (a deep copy of a model keeps
     the hooks, not the handles), hence the walk over ``_forward_pre_hooks``.
+
+    Raises:
+        ConfigError: ``linear`` has an online input rotation (``rotate: hadamard``): its weight is ``W Q`` and only
+            computes the right thing with the rotation hook, so a checkpoint of its weights alone (every export
+            format, and the vLLM engine, which serves such a checkpoint) would be silently wrong.
     """
+    if getattr(linear, ROTATE_ATTR, None) is not None:
+        raise ConfigError(
+            f"{type(linear).__name__} has an online Hadamard rotation of its input (rotate={getattr(linear, ROTATE_ATTR)!r}): "
+            "its weight is W·Q and is only right together with the rotation hook, which no checkpoint format or the "
+            "vLLM engine carries. Evaluate it with the transformers engine, or quantize without rotate."
+        )
     hooks = linear._forward_pre_hooks
     for key in [k for k, hook in hooks.items() if isinstance(hook, ActQuant)]:
         del hooks[key]
     if hasattr(linear, ACT_ATTR):
         delattr(linear, ACT_ATTR)
+
+
+def rtn_linear(linear: Any, bits: int, group_size: int | None, symmetric: bool) -> dict[str, Any]:
+    """Round ``linear``'s weight to an integer grid in place (groups of ``group_size`` input features, None: per
+    output channel), keep its :class:`QParams`, and return its report record (weight error, seconds, bits).
+
+    Raises:
+        ConfigError: ``group_size`` does not divide the input features.
+    """
+    import time
+
+    import torch
+
+    start = time.perf_counter()
+    w = linear.weight.detach().float().clone()
+    scale, zero = weight_params(w, bits, group_size, symmetric)
+    qp = QParams("int", bits, group_size, symmetric, scale, zero)
+    wq = fake_quant_weight(w, qp)
+    with torch.no_grad():
+        linear.weight.copy_(wq.to(linear.weight.dtype))
+    setattr(linear, QPARAMS_ATTR, qp)
+    return {
+        "weight_rel_err": float((w - wq).norm() / w.norm().clamp(min=1e-30)),
+        "seconds": time.perf_counter() - start,
+        "bits_per_weight": bits_per_weight("int", bits, group_size, linear.in_features, symmetric),
+    }
 
 
 def bits_per_weight(fmt: str, bits: int, group_size: int | None, in_features: int, symmetric: bool = True) -> float:

@@ -15,7 +15,9 @@ upper Cholesky factor of ``H^-1``. Options:
 * ``true_sequential`` (default True): within a block, q/k/v first, then o_proj on the outputs of the quantized
   q/k/v, then gate/up, then down (groups found automatically: Linears that receive the same input tensor form one
   group, solved together since they share ``H``);
-* ``max_tokens`` (default 128): calibration texts are cut to this many tokens; ``seed`` (default 0) picks them.
+* ``max_tokens`` (default 128): calibration texts are cut to this many tokens; ``seed`` (default 0) picks them;
+* ``rotate`` (default ``none``; ``hadamard``: GPTQ quantizes ``W Q``, its Hessians are those of the rotated inputs
+  ``x Q``; see :mod:`mlquant.quantize.rotate`), ``rotate_seed`` (default 0).
 
 Each block's outputs, computed with its quantized weights, are the next block's inputs, so peak memory beyond the
 model is the hidden states of the calibration set plus one block's Hessians. Weights are quantized then
@@ -57,6 +59,7 @@ from mlquant.quantize._common import (
     weight_params,
 )
 from mlquant.quantize.calibration import check_calibration
+from mlquant.quantize.rotate import ROTATE_DEFAULTS, check_rotate
 from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
@@ -354,12 +357,13 @@ class GPTQQuantizer:
     """GPTQ (``gptq-w4g128``, ``gptq-w8``, ``gptq-w3g128-asym``, ``gptq-w4g128@flores:ja:128``)."""
 
     name: ClassVar[str] = "gptq"
-    option_defaults: ClassVar[dict[str, Any]] = dict(GPTQ_DEFAULTS)
+    option_defaults: ClassVar[dict[str, Any]] = {**GPTQ_DEFAULTS, **ROTATE_DEFAULTS}
     default_symmetric: ClassVar[bool] = True
     copies_weights: ClassVar[bool] = True
 
     def validate(self, spec: QuantSpec) -> None:
         validate_gptq_like(spec, self.option_defaults, bits=(2, 8))
+        check_rotate(spec, self.option_defaults)
         if spec.a_bits is not None:
             raise ConfigError(f"gptq: a_bits={spec.a_bits!r}; GPTQ quantizes weights only (see w8a8-int-gptq).")
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from mlquant.errors import ConfigError
 from mlquant.quantize import Transformed
 from mlquant.quantize._common import quantizable_linears
+from mlquant.quantize.rotate import ROTATE_DEFAULTS, check_rotate
 from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
@@ -88,10 +89,14 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None, symmetric:
 
 
 class RTNQuantizer:
-    """Round-to-nearest weight quantization (``rtn-w8``, ``rtn-w4``, ``rtn-w4g128``, ``rtn-w4g128-asym``)."""
+    """Round-to-nearest weight quantization (``rtn-w8``, ``rtn-w4``, ``rtn-w4g128``, ``rtn-w4g128-asym``).
+
+    Option ``rotate: hadamard`` (``rtn-w4g128-rotatehadamard``) quantizes ``W Q`` with the input rotated online
+    (see :mod:`mlquant.quantize.rotate`); ``rotate_seed`` picks the random signs.
+    """
 
     name: ClassVar[str] = "rtn"
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    option_defaults: ClassVar[dict[str, Any]] = dict(ROTATE_DEFAULTS)
     default_symmetric: ClassVar[bool] = True
     copies_weights: ClassVar[bool] = True
 
@@ -104,9 +109,7 @@ class RTNQuantizer:
             raise ConfigError("rtn: calibration is not used by round-to-nearest; remove it.")
         if spec.backend != "simulate":
             raise ConfigError(f"rtn: backend {spec.backend!r} is not available; only 'simulate'.")
-        unknown = sorted(set(spec.options) - set(self.option_defaults))
-        if unknown:
-            raise ConfigError(f"rtn: unknown option {unknown[0]!r}; RTN takes none.")
+        check_rotate(spec, self.option_defaults)
 
     def transform(self, torch_model: Any, model: HFModel, spec: QuantSpec) -> Transformed:
         import torch
