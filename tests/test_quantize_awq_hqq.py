@@ -155,3 +155,137 @@ def test_clip_search_picks_the_best_ratio() -> None:
             assert r[row, g] == ratios[min(range(len(ratios)), key=errs.__getitem__)]
     assert bool((r < 1).any()) and bool((r == 1).any())
     assert bool((wc.abs() <= w.abs()).all()) and not torch.equal(wc, w)
+
+
+# ----- HQQ ----------------------------------------------------------------------------------------------------------
+def _hqq_reference():
+    """hqq's Quantizer (the reference implementation); a missing package fails the test, it is not skipped."""
+    try:
+        from hqq.core.quantize import Quantizer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        pytest.fail(
+            f"the hqq package is needed to check HQQ against its reference ({exc}); install it with "
+            "`.venv/bin/python -m pip install hqq==0.2.8.post1` (or the project's 'reference' extra)."
+        )
+    return Quantizer
+
+
+def _hqq_dequant(w: torch.Tensor, bits: int, group: int | None, round_zero: bool) -> torch.Tensor:
+    quantizer = _hqq_reference()
+    q, meta = quantizer.quantize(
+        w, nbits=bits, group_size=group, axis=1, optimize=True, round_zero=round_zero, bitpack=False, device="cpu"
+    )
+    meta["compute_dtype"] = torch.float32
+    return quantizer.dequantize(q, meta)
+
+
+def _realish(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Heavy-tailed weights with a few outlier input channels, as trained LLM weights have."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.distributions.StudentT(4.0).sample((rows, cols)) * 0.02
+    w[:, torch.randint(0, cols, (3,), generator=g)] *= 8
+    return w
+
+
+@pytest.mark.parametrize(
+    ("kind", "bits", "group", "round_zero"),
+    [("randn", 4, 64, True), ("randn", 4, 64, False), ("randn", 3, 64, False), ("realish", 4, 64, True),
+     ("realish", 2, 32, True), ("realish", 4, None, True), ("realish", 8, 128, True), ("tiny", 4, 64, True)],
+)
+def test_hqq_equals_the_hqq_package(kind: str, bits: int, group: int | None, round_zero: bool) -> None:
+    """Same float32 operations in the same order as hqq 0.2.8: equal to within 1e-6 · max|w|. The tolerance
+    allows a different reduction order in a group mean (a last-bit difference in a zero point), not a flipped
+    rounding, which would be a whole step (max|w| / 15 at 4 bits) off."""
+    from mlquant.quantize.hqq import hqq_fake_quantize
+
+    torch.manual_seed(0)
+    if kind == "randn":
+        w = torch.randn(96, 256)
+    elif kind == "realish":
+        w = _realish(128, 512, seed=bits)
+    else:
+        w = make_tiny("llama").torch_model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    ref = _hqq_dequant(w, bits, group, round_zero)
+    mine = hqq_fake_quantize(w, bits, group, {"round_zero": round_zero})
+    assert torch.allclose(mine, ref, rtol=0, atol=1e-6 * float(w.abs().max())), float((mine - ref).abs().max())
+    plain = hqq_fake_quantize(w, bits, group, {"round_zero": round_zero, "optimize": False})
+    assert not torch.equal(mine, plain)  # the solver moved the zero points
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hqq_lp_error_at_most_rtn_asym(seed: int) -> None:
+    from mlquant.quantize.hqq import hqq_fake_quantize, lp_error
+    from mlquant.quantize.rtn import fake_quantize
+
+    w = _realish(64, 256, seed)
+    for bits in (2, 3, 4):
+        hqq = lp_error(w, hqq_fake_quantize(w, bits, 64), 0.7)
+        rtn = lp_error(w, fake_quantize(w, bits, 64, symmetric=False), 0.7)
+        assert hqq < rtn, (bits, hqq, rtn)
+
+
+def test_hqq_model_and_specs() -> None:
+    tiny = make_tiny("gemma3")
+    q = mq.quantize(tiny, "hqq-w4g32", symmetric=False)
+    assert q.spec.label == "hqq-w4g32" and not q.spec.symmetric
+    assert q.quant_report["bits_per_weight"].iloc[0] == pytest.approx(4 + 32 / 32)
+    layers = q.quant_report.attrs["hqq"]["layers"]
+    rtn = mq.quantize(tiny, "rtn-w4g32", symmetric=False)
+    rtn_w = dict(rtn.torch_model.named_parameters())
+    orig = dict(tiny.torch_model.named_parameters())
+    from mlquant.quantize.hqq import lp_error
+
+    for name, r in layers.items():
+        assert r["lp_error"] < lp_error(orig[f"{name}.weight"], rtn_w[f"{name}.weight"]), name
+    assert QuantSpec.parse("hqq-w4g64").label == "hqq-w4g64"
+    assert QuantSpec.parse(QuantSpec.parse("hqq-w3g64").label) == QuantSpec.parse("hqq-w3g64")
+    assert QuantSpec.parse("hqq-w4g64", lp_norm=0.5).label == "hqq-w4g64-lp_norm0.5"
+
+
+@pytest.mark.parametrize(
+    ("label", "kw", "needle"),
+    [
+        ("hqq-w4g64", {"lp_norm": 1.5}, "lp_norm=1.5"),
+        ("hqq-w4g64", {"beta": 0.0}, "beta=0.0"),
+        ("hqq-w4g64", {"iters": 0}, "iters=0"),
+        ("hqq-w4g64", {"kappa": 0.5}, "kappa=0.5"),
+        ("hqq-w4g64", {"calibration": "flores:en:8"}, "calibration-free"),
+        ("hqq-w4g32", {}, "symmetric=True"),
+        ("hqq-w9g64", {}, "w_bits=9"),
+    ],
+)
+def test_hqq_bad_specs(label: str, kw: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        QuantSpec.parse(label, **kw)
+    assert needle in str(err.value)
+
+
+def test_hqq_group_that_does_not_divide() -> None:
+    with pytest.raises(ConfigError, match=r"group_size=128 does not divide in_features=64 of model\.layers\.0"):
+        mq.quantize(make_tiny("llama"), "hqq-w4g128")
+
+
+# ----- Gemma 3 270M -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_awq_and_hqq_on_gemma(gemma) -> None:
+    """Two AWQ blocks of the real model (grouped-query attention, sandwich norms, (1 + w) RMSNorm): the folds keep
+    the logits, AWQ beats RTN on the calibration activations; HQQ equals the hqq package on real weights."""
+    from mlquant.quantize.awq import run_awq
+
+    seqs = _seqs(gemma, "flores:en:8", 64)
+    pad = pad_id(gemma.tokenizer)
+    spec = QuantSpec.parse("awq-w4g128")
+    folded = copy.deepcopy(gemma.torch_model)
+    _, attrs = run_awq(folded, seqs, pad, spec, blocks=[0, 1], fold_only=True)
+    assert attrs["input_scaled"] == [] and len(attrs["folds"]) == 8
+    ref, out = _logits(gemma.torch_model, seqs), _logits(folded, seqs)
+    assert float((out - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    work = copy.deepcopy(gemma.torch_model)
+    records, _ = run_awq(work, seqs, pad, spec, blocks=[0, 1])
+    assert len(records) == 14
+    assert sum(r["awq_mse"] for r in records.values()) < sum(r["rtn_mse"] for r in records.values())
+    from mlquant.quantize.hqq import hqq_fake_quantize
+
+    w = gemma.torch_model.model.layers[3].self_attn.o_proj.weight.detach().float()
+    assert torch.allclose(hqq_fake_quantize(w, 4, 64), _hqq_dequant(w, 4, 64, True), rtol=0,
+                          atol=1e-6 * float(w.abs().max()))
