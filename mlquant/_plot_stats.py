@@ -288,7 +288,7 @@ def grouping(
         >>> [t.get_text() for t in ax.get_xticklabels()], ax.get_lines()[0].get_ydata().tolist()
         (['Latin\\n1 lang.', 'non-Latin\\n1 lang.'], [0.0, -100.0])
     """
-    by = check_choice("by", by, GROUPINGS)  # type: ignore[assignment]
+    check_choice("by", by, GROUPINGS)
     if isinstance(results, stats.Summary):
         summ = results
     else:
@@ -323,16 +323,19 @@ def grouping(
         ax.vlines(pos[ok], lo[ok], hi[ok], colors=f"C{k % 10}", linewidth=1.5, label=f"_ci {q}")
         ax.plot(pos, sub["rel_change"].to_numpy(float), ls="none", marker=_MARKERS[k % 10], color=f"C{k % 10}", label=q)
     n_langs = frame.groupby("category")["n_langs"].max()
-    ax.set_xticks(x, labels=[f"{c}\n{int(n_langs[c])} lang." for c in categories])
+    ticks = [c.replace(" (lower is better)", "\nlower is better") + f"\n{int(n_langs[c])} lang." for c in categories]
+    ax.set_xticks(x, labels=ticks)
     ax.axhline(0.0, color="0.3", linewidth=0.8)
     ax.set_xlim(-0.6, len(categories) - 0.4)
     ax.set_ylabel("mean relative change, %\n(each task x language cell weighs the same)")
     ax.set_title(f"by {by} vs {summ.baseline}; 95 % paired bootstrap CI (languages fixed)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     if by == "latin" and len(summ.contrasts()):
+        contrasts = summ.contrasts()
+        lower = ~contrasts.get("higher_is_better", pd.Series(True, index=contrasts.index)).astype(str).isin(["True", "1"])
         lines = [
-            f"{r.quant}: non-Latin - Latin = {r.difference:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}] points"
-            for r in summ.contrasts().itertuples(index=False)
+            f"{q}{' (lower is better)' if low else ''}: non-Latin - Latin = {d:+.2f} [{lo:+.2f}, {hi:+.2f}] points"
+            for q, low, d, lo, hi in zip(contrasts["quant"], lower, contrasts["difference"], contrasts["lo"], contrasts["hi"])
         ]
         ax.text(0.01, 0.01, "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom", color="0.25")
     return ax

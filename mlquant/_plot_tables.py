@@ -117,7 +117,7 @@ def calibration_matrix(
         values[i, j] = float(delta)
         stars[i, j] = bool(float(p) < alpha)
     reference = getattr(matrix, "reference", None) or "the reference language"
-    label = f"delta mean score vs calibration on {reference} (paired; positive = higher score)"
+    label = f"delta mean score vs calibration on {reference}\n(paired; positive = higher score)"
     ax = new_axes(ax, (0.9 * len(cols) + 3.2, 0.45 * len(rows) + 1.8))
     draw_matrix(ax, values, (rows, cols), stars, {"cmap": "RdBu", "label": label, "fmt": "{:+.3f}"})
     ax.set_ylabel("calibration language")

@@ -198,8 +198,13 @@ def test_grouping_draws_the_summary_groups_and_contrast(frame: pd.DataFrame, sum
     assert f"w4: non-Latin - Latin = {c.difference['w4']:+.2f} [{c.lo['w4']:+.2f}, {c.hi['w4']:+.2f}]" in text
     # a Summary already computed is drawn as is; mixed directions are split as the summary splits them
     ax2 = mq.plot.grouping(summary, by="resource_class")
-    assert [t.get_text().split("\n")[0] for t in ax2.get_xticklabels()] == [
-        "5", "5 (lower is better)", "4", "4 (lower is better)", "2", "2 (lower is better)"]
+    assert [t.get_text() for t in ax2.get_xticklabels()] == [
+        "5\n4 lang.", "5\nlower is better\n4 lang.", "4\n1 lang.", "4\nlower is better\n1 lang.", "2\n1 lang.",
+        "2\nlower is better\n1 lang."]
+    c = summary.contrasts()
+    w4_lower = c[(c.quant == "w4") & ~c.higher_is_better.astype(bool)].iloc[0]
+    ax3 = mq.plot.grouping(summary)
+    assert f"w4 (lower is better): non-Latin - Latin = {w4_lower.difference:+.2f}" in ax3.texts[0].get_text()
 
 
 def test_grouping_names_what_it_cannot_draw(frame: pd.DataFrame) -> None:
@@ -391,3 +396,25 @@ def test_import_is_cheap_and_never_touches_pyplot() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False", "False"]
+
+
+def test_report_figures_of_a_real_run_folder(tmp_path, tiny_llama_dir) -> None:
+    study = mq.Study(str(tiny_llama_dir), quant=["fp32", "rtn-w2"], tasks=["xcopa", "flores_ppl"],
+                     languages=["tr", "zh"], limit=12)
+    study.run(tmp_path, progress=False)
+    results = mq.Results.read(tmp_path)
+    figures = mq.plot.report_figures(results, ci=CI)
+    keys = [f.key for f in figures]
+    assert keys[:2] == ["heatmap", "forest"] and keys[-2:] == ["flips", "bits_per_byte"]
+    heat = figures[0].figure.axes[0]
+    rows = [t.get_text() for t in heat.get_yticklabels()]
+    drop = mq.stats.relative_change(results).to_frame().set_index(["task", "lang"])["rel_drop"]
+    image = np.ma.filled(heat.images[0].get_array(), np.nan)[:, 0]
+    np.testing.assert_allclose(image, [drop[tuple(r.split(" / "))] for r in rows])
+    bpb = figures[-1].figure.axes[0]
+    diff = mq.stats.relative_change(results.frame[results.frame.task == "flores_ppl"], by="lang").to_frame()
+    heights = [b.get_height() for b in bpb.containers[0]]
+    np.testing.assert_allclose(heights, diff.set_index("lang")["diff"][[t.get_text() for t in bpb.get_xticklabels()]])
+    assert len(heights) == 2 and np.isfinite(heights).all()
+    for f in figures:
+        assert mq.plot.to_svg(f.figure).startswith("<svg")
