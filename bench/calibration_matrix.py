@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = [s for s in args.sources.split(",") if s]
     langs = [x for x in args.languages.split(",") if x]
     grid = calibration_grid(methods, sources, n=args.calib_n, controls=controls)
-    grid = [grid[0], *controls, *grid[1 : len(grid) - len(controls)]]  # the cheap controls run first
+    cut = len(grid) - len(controls)
+    grid = [grid[0], *grid[cut:], *grid[1:cut]]  # the cheap controls run first
     study = mq.Study(
         "gemma3-270m", quant=grid, tasks=["flores_ppl"], languages=langs, limit=args.sentences,
         batch_size=args.batch_size, name="calibration-matrix",

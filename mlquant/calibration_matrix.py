@@ -93,7 +93,8 @@ def calibration_grid(
             round-robin), ``mixed`` (every FLORES language), a full calibration string (``flores:ja:64``) or a text
             file path.
         n: sentences per calibration set (for the short forms).
-        controls: labels without calibration at the same bits (``rtn-w4g128``, ``hqq-w4g128``).
+        controls: labels without calibration at the same bits (``rtn-w4g128``, ``hqq-w4g128``; ``rtn-w4g128-asym``
+            for the asymmetric grid, which AWQ uses).
         baseline: the unquantized baseline to put first (``fp32``, ``bf16``, ``fp16``), or None to leave it out.
 
     Returns:
@@ -129,18 +130,24 @@ def calibration_grid(
                 QuantSpec.parse(label, calibration=cal)
             except ConfigError as exc:
                 raise ConfigError(f"calibration_grid: method {label!r} with calibration {cal!r}: {exc}") from exc
+    control_entries: list[str | dict[str, Any]] = []
     for label in controls:
+        # 'rtn-w4g128-asym' (how the label prints) -> {label: rtn-w4g128, symmetric: false}, as a study spells it.
+        entry: str | dict[str, Any] = (
+            {"label": label.removesuffix("-asym"), "symmetric": False} if label.endswith("-asym") else label
+        )
         try:
-            spec = QuantSpec.parse(label)
+            spec = QuantSpec.from_dict(entry) if isinstance(entry, dict) else QuantSpec.parse(entry)
         except ConfigError as exc:
             raise ConfigError(f"calibration_grid: control {label!r}: {exc}") from exc
         if spec.calibration is not None or spec.is_baseline:
             raise ConfigError(f"calibration_grid: control {label!r} must be a quantizer without calibration.")
+        control_entries.append(entry)
     grid: list[str | dict[str, Any]] = [baseline] if baseline is not None else []
     if baseline is not None and not QuantSpec.parse(baseline).is_baseline:
         raise ConfigError(f"calibration_grid: baseline={baseline!r} is not fp32, bf16 or fp16.")
     grid += [{"label": label, "calibration": list(strings)} for label in methods]
-    grid += list(controls)
+    grid += control_entries
     return grid
 
 
@@ -250,11 +257,20 @@ def _method_labels(frame: pd.DataFrame) -> dict[str, dict[str, str]]:
     return result
 
 
-def _control_label(base: str, control: str) -> str | None:
+def _control_candidates(base: str, control: str) -> list[str]:
+    """Labels of ``control`` at the bits and group size of ``base``, on the same grid first (``rtn-w4g128-asym`` for
+    AWQ, whose default grid is asymmetric), then on the control's default grid."""
+    from mlquant.spec import QuantSpec
+
     m = _BITS.search(base)
     if m is None:
-        return None
-    return f"{control}-{m.group(1)}" + ("-asym" if base.endswith("-asym") or "-asym-" in base else "")
+        return []
+    plain = f"{control}-{m.group(1)}"
+    try:
+        symmetric = QuantSpec.parse(base).symmetric
+    except ConfigError:  # a label with method options: only its suffix says
+        symmetric = not (base.endswith("-asym") or "-asym-" in base)
+    return [plain] if symmetric else [f"{plain}-asym", plain]
 
 
 def _is_binary(frame: pd.DataFrame) -> bool:
@@ -319,9 +335,10 @@ def calibration_matrix(
 
     Where the run has them, ``delta_vs_rtn`` / ``delta_vs_hqq`` (with ``_low``, ``_high``, ``p_vs_*`` and
     ``p_vs_*_holm``) compare each calibrated cell with RTN / HQQ at the same bits and group size (``gptq-w4g128``
-    -> ``rtn-w4g128``): a negative ``delta_vs_rtn`` on bits per byte means the calibrated method beats plain
-    rounding there. ``delta_vs_baseline`` (with its CI) compares it with the unquantized baseline. The columns are
-    NaN where the run lacks that cell.
+    -> ``rtn-w4g128``; on the same grid where the run has it: ``awq-w4g128``, asymmetric, -> ``rtn-w4g128-asym``,
+    else ``rtn-w4g128``; ``rtn_label`` / ``hqq_label`` say which): a negative ``delta_vs_rtn`` on bits per byte
+    means the calibrated method beats plain rounding there. ``delta_vs_baseline`` (with its CI) compares it with the
+    unquantized baseline. The columns are NaN where the run lacks that cell.
 
     Args:
         results: the tidy per-item frame or :class:`mlquant.results.Results` of a run.
@@ -470,12 +487,15 @@ def _method_matrix(
         table.loc[table.index[idx], "p_holm"] = adjust(p[idx], "holm")
     found = []
     for ctrl in CONTROL_METHODS:
-        ctrl_label = _control_label(base, ctrl)
         col = f"delta_vs_{ctrl}"
         extra = [col, f"{col}_low", f"{col}_high", f"p_vs_{ctrl}", f"p_vs_{ctrl}_holm"]
         table[extra] = np.nan
-        if ctrl_label is None or ctrl_label not in set(frame["quant"]):
+        table[f"{ctrl}_label"] = ""
+        present = [c for c in _control_candidates(base, ctrl) if c in set(frame["quant"])]
+        if not present:
             continue
+        ctrl_label = present[0]
+        table[f"{ctrl}_label"] = ctrl_label
         found.append(ctrl_label)
         _fill(table, _compare(frame, ctrl_label, list(names.values()), ci), col, f"p_vs_{ctrl}")
     table[["delta_vs_baseline", "delta_vs_baseline_low", "delta_vs_baseline_high"]] = np.nan

@@ -169,3 +169,16 @@ def test_grid_refuses_bad_input_before_any_model() -> None:
         calibration_grid(["gptq-w4g128"], ["en"], controls=["gptq-w4g128@flores:en:8"])
     with pytest.raises(ConfigError, match="n=0"):
         calibration_grid(["gptq-w4g128"], ["en"], n=0)
+
+
+def test_an_asymmetric_method_is_compared_with_rtn_on_the_same_grid() -> None:
+    quants = ["fp32", "rtn-w4g128", "rtn-w4g128-asym", "awq-w4g128@flores:en:128", "awq-w4g128@flores:ja:128"]
+    eff = {(q, lang): v for lang in LANGS for q, v in
+           [("rtn-w4g128", 0.2), ("rtn-w4g128-asym", 0.1), ("awq-w4g128@flores:en:128", 0.05),
+            ("awq-w4g128@flores:ja:128", 0.05)]}
+    m = calibration_matrix(_frame(eff, quants), ci=CI)
+    frame = m.to_frame()
+    assert m.controls == {"awq-w4g128": ("rtn-w4g128-asym",)} and (frame["rtn_label"] == "rtn-w4g128-asym").all()
+    assert frame["delta_vs_rtn"].to_numpy() == pytest.approx(-0.05, abs=0.01)
+    only_sym = _frame(eff, [q for q in quants if q != "rtn-w4g128-asym"])
+    assert calibration_matrix(only_sym, ci=CI).controls == {"awq-w4g128": ("rtn-w4g128",)}
