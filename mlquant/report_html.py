@@ -41,7 +41,7 @@ h3{font-size:1.05rem;margin:1.2rem 0 .4rem}
 p,li{max-width:60rem;overflow-wrap:anywhere}
 code{font-size:.85em;overflow-wrap:anywhere}
 .note{background:#fff6db;border-left:4px solid #d9a400;padding:.5rem .9rem;max-width:60rem}
-.scroll{max-width:100%;max-height:34rem;overflow:auto;border:1px solid #d7d7d7;margin:.6rem 0}
+.scroll{width:fit-content;max-width:100%;max-height:34rem;overflow:auto;border:1px solid #d7d7d7;margin:.6rem 0}
 table{border-collapse:separate;border-spacing:0;font-size:.88rem}
 th,td{padding:.2rem .55rem;border-bottom:1px solid #ececec;white-space:nowrap;text-align:left}
 thead th{position:sticky;top:0;z-index:1;background:#f1f3f5;border-bottom:1px solid #b9b9b9}
@@ -252,10 +252,10 @@ def figures_html(results: Any, baseline: str) -> str:
 
 
 # ----- statistics ----------------------------------------------------------------------------------------------------
-def _fmt(value: float, points: bool) -> str:
+def _fmt(value: float, points: bool, digits: int = 3) -> str:
     if not np.isfinite(value):
         return "–"
-    return f"{value:+.1f}" if points else f"{value:+.3g}"
+    return f"{value:+.1f}" if points else f"{value:+.{digits}g}"
 
 
 def statistics_html(stats: pd.DataFrame, findings: Findings, notes: Sequence[str] = ()) -> str:
@@ -263,8 +263,8 @@ def statistics_html(stats: pd.DataFrame, findings: Findings, notes: Sequence[str
     keys = [c for c in ("model", "quant", "task", "lang") if c in stats.columns]
     points = [str(unit) == "points" for unit in stats["unit"]]
     show = stats[[*keys, "metric", "n", "unit"]].copy()
-    show["baseline"] = [_fmt(v, p).lstrip("+") for v, p in zip(stats["baseline"], points, strict=True)]
-    show["quantized"] = [_fmt(v, p).lstrip("+") for v, p in zip(stats["quantized"], points, strict=True)]
+    show["baseline"] = [_fmt(v, p, 4).lstrip("+") for v, p in zip(stats["baseline"], points, strict=True)]
+    show["quantized"] = [_fmt(v, p, 4).lstrip("+") for v, p in zip(stats["quantized"], points, strict=True)]
     show["change"] = [_fmt(v, p) for v, p in zip(stats["diff"], points, strict=True)]
     show["95 % CI"] = [f"{_fmt(lo, p)} – {_fmt(hi, p)}"
                        for lo, hi, p in zip(stats["diff_lo"], stats["diff_hi"], points, strict=True)]
@@ -277,8 +277,8 @@ def statistics_html(stats: pd.DataFrame, findings: Findings, notes: Sequence[str
     right = ("baseline", "quantized", "change", "95 % CI", "rel. change %", "p", "Holm p", "MDD")
     note = (f"One row per cell against {findings.baseline}, paired by item. change = quantized - baseline (in "
             "percentage points for 0/1 scores, else in the metric's units) with its 95 % paired bootstrap CI; p: "
-            "exact McNemar test (unclustered 0/1 scores) or sign-flip permutation test; Holm p: "
-            f"{findings.family()} MDD: smallest change detectable at 80 % power (unadjusted α). Highlighted rows "
+            "exact McNemar test (unclustered 0/1 scores) or sign-flip permutation test; Holm p: p adjusted by Holm's "
+            f"method. {findings.family()} MDD: smallest change detectable at 80 % power (unadjusted α). Highlighted rows "
             "are significant.")
     extra = "".join(f'<p class="note">{_esc(n)}</p>' for n in notes)
     return (f'<section id="statistics"><h2>Statistics per cell</h2><p>{_esc(note)}</p>'
