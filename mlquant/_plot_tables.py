@@ -9,7 +9,7 @@ Example:
     >>> t = pd.DataFrame({"quant": "w4", "lang": ["en"], "metric": "kl", "value": [0.1], "ci_low": [0.08],
     ...                   "ci_high": [0.12]})
     >>> distance(t).get_ylabel()
-    'KL divergence, baseline || quantized'
+    'KL(P_base || P_quant), nats per token'
 """
 
 from __future__ import annotations
@@ -55,9 +55,12 @@ CALIBRATION_COLUMNS: tuple[str, ...] = (
 #: Columns of a distance table (``mlquant.distance``'s result ``.to_frame()``), long format.
 DISTANCE_COLUMNS: tuple[str, ...] = ("quant", "lang", "metric", "value", "ci_low", "ci_high")
 _DISTANCE_LABELS = {
-    "kl": "KL divergence, baseline || quantized",
-    "kl_reverse": "KL divergence, quantized || baseline",
-    "ln_ppl_ratio": "ln(perplexity quantized / perplexity baseline)",
+    "kl": "KL(P_base || P_quant), nats per token",
+    "kl_reverse": "KL(P_quant || P_base), nats per token",
+    "same_top_p": "share of tokens with the same top-1 token",
+    "dp_mean": "mean p_quant - p_base of the true token",
+    "dp_rms": "RMS of p_quant - p_base of the true token",
+    "ln_ppl_ratio": "ln(PPL quantized / PPL baseline)",
 }
 
 
@@ -66,7 +69,7 @@ def calibration_matrix(
     *,
     method: str | None = None,
     task: str | None = None,
-    alpha: float = 0.05,
+    alpha: float | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Calibration language (rows) x evaluation language (columns): the paired score change, ``*`` where significant.
@@ -80,7 +83,7 @@ def calibration_matrix(
             :data:`CALIBRATION_COLUMNS`; its ``reference`` attribute, when present, names the reference language.
         method: the method to draw when the table holds several.
         task: the task to draw when the table holds several.
-        alpha: level of the ``*`` marks.
+        alpha: level of the ``*`` marks (default: the result's ``alpha`` attribute, else 0.05).
         ax: the Axes to draw on (a new Figure when None).
 
     Returns:
@@ -99,6 +102,7 @@ def calibration_matrix(
         >>> ax.images[0].get_array().tolist(), [a.xy for a in ax.texts if a.get_text() == "*"]
         ([[0.0, 0.0], [-0.01, 0.04]], [(1, 1)])
     """
+    alpha = float(getattr(matrix, "alpha", 0.05)) if alpha is None else alpha
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}.")
     frame = as_table(matrix, CALIBRATION_COLUMNS, "calibration matrix")
@@ -123,7 +127,7 @@ def calibration_matrix(
     ax.set_ylabel("calibration language")
     ax.set_xlabel("evaluation language")
     which = " / ".join(str(frame[c].iloc[0]) for c in ("method", "task"))
-    ax.set_title(f"{which}; * = Holm-adjusted p < {alpha}", fontsize=9)
+    ax.set_title(f"{which}; * = Holm-adjusted p < {alpha:g}", fontsize=9)
     return ax
 
 

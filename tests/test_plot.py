@@ -418,3 +418,27 @@ def test_report_figures_of_a_real_run_folder(tmp_path, tiny_llama_dir) -> None:
     assert len(heights) == 2 and np.isfinite(heights).all()
     for f in figures:
         assert mq.plot.to_svg(f.figure).startswith("<svg")
+
+
+def test_distance_draws_a_distance_table_object() -> None:
+    from mlquant.distance import COLUMNS, DistanceTable
+
+    rows = distance_table().assign(se=0.01, se_naive=0.005, n_tokens=100, n_sentences=10)[COLUMNS]
+    ax = mq.plot.distance(DistanceTable(rows), metric="same_top_p")
+    bars = next(c for c in ax.containers if c.get_label() == "w4")
+    want = rows[(rows.metric == "same_top_p") & (rows.quant == "w4")].set_index("lang").value
+    assert [b.get_height() for b in bars] == [want[t.get_text()] for t in ax.get_xticklabels()]
+    assert ax.get_ylabel() == "share of tokens with the same top-1 token"
+
+
+def test_calibration_matrix_draws_a_calibration_matrix_object() -> None:
+    from mlquant.calibration_matrix import CalibrationMatrix
+
+    table = calibration_table()
+    matrix = CalibrationMatrix(_frame=table[table.method == "gptq-w4g128"].reset_index(drop=True), reference="en",
+                               alpha=0.001)
+    ax = mq.plot.calibration_matrix(matrix)  # alpha from the result: only p_holm < 0.001 is starred
+    stars = {(["en", "ja", "sw", "ar"].index(r.lang), ["en", "ja", "sw"].index(r.calibration))
+             for r in table[table.method == "gptq-w4g128"].itertuples() if r.p_holm < 0.001}
+    assert star_cells(ax) == stars and len(stars) == 3
+    assert ax.get_title().endswith("p < 0.001") and "calibration on en" in ax.images[0].colorbar.ax.get_ylabel()
