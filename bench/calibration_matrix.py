@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     langs = [x for x in args.languages.split(",") if x]
     grid = calibration_grid(methods, sources, n=args.calib_n, controls=controls)
     cut = len(grid) - len(controls)
-    grid = [grid[0], *grid[cut:], *grid[1:cut]]  # the cheap controls run first
+    # Run order (a study runs its quants in order): fp32, the first control, the first method's sources, then the
+    # rest, so that a partial run already holds one whole matrix.
+    grid = [grid[0], *grid[cut : cut + 1], grid[1], *grid[cut + 1 :], *grid[2:cut]]
     study = mq.Study(
         "gemma3-270m", quant=grid, tasks=["flores_ppl"], languages=langs, limit=args.sentences,
         batch_size=args.batch_size, name="calibration-matrix",
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command.strip()}`",
         "",
         f"- Run folder `{run}` (a `mq.Study`: {len(study.specs)} quants x {len(present)} languages x `flores_ppl`); "
-        f"{args.sentences} FLORES devtest sentences per language (the study's seeded sample of evaluation ids "
+        f"{args.sentences} FLORES devtest sentences per language (paired n per cell: {int(frame['n'].min())}-"
+        f"{int(frame['n'].max())}; the study's seeded sample of evaluation ids "
         f"1-812; the calibration pool is ids 813-1004, so the two never overlap); calibration {args.calib_n} "
         "sentences per source (a mix takes them round-robin).",
         f"- Wall time: {sum(t['wall_s'] for t in times):.0f} s over {len(times)} invocation(s) "

@@ -462,7 +462,8 @@ def _method_matrix(
     cells = scored.groupby(keys, sort=False).agg(sw=("_sw", "sum"), w=("_w", "sum"), n=("_sw", "count")).reset_index()
     cells["score"] = cells["sw"] / cells["w"]
     cells = cells.drop(columns=["sw", "w"])
-    others = [label for label in names.values() if label != ref_label]
+    # Rows: the reference, then single-language sources (alphabetical), then mixes and files.
+    others = sorted((lb for lb in names.values() if lb != ref_label), key=lambda lb: ("(" in short_of[lb], short_of[lb]))
     if others:
         delta = _compare(frame, ref_label, others, ci).rename(
             columns={"diff": "delta", "diff_lo": "ci_low", "diff_hi": "ci_high", "p_value": "p", "n": "n_paired"}
