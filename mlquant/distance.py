@@ -222,9 +222,7 @@ def summarize_tokens(tokens: pd.DataFrame, ci: Bootstrap | None = None) -> pd.Da
     Raises:
         DataError: no token, or a column is missing.
     """
-    ci = ci or _DEFAULT_CI
-    if ci.method != "percentile":
-        raise ConfigError(f"distance: ci.method={ci.method!r}; the cluster bootstrap gives percentile intervals only.")
+    ci = _check_ci(ci)
     missing = sorted(set(TOKEN_COLUMNS) - {"position"} - set(tokens.columns))
     if missing:
         raise DataError(f"summarize_tokens: the token frame lacks columns {missing}; have {sorted(tokens.columns)}.")
@@ -264,6 +262,16 @@ def summarize_tokens(tokens: pd.DataFrame, ci: Bootstrap | None = None) -> pd.Da
                      "se": se.get(m, np.nan), "se_naive": se_naive.get(m, np.nan),
                      "n_tokens": n_tok, "n_sentences": n_groups})
     return pd.DataFrame(rows)
+
+
+def _check_ci(ci: Bootstrap | None) -> Bootstrap:
+    if ci is None:
+        return _DEFAULT_CI
+    if not isinstance(ci, Bootstrap) or ci.method != "percentile":
+        got = ci.method if isinstance(ci, Bootstrap) else type(ci).__name__
+        raise ConfigError(f"distance: ci.method={got!r}; the cluster bootstrap gives percentile intervals only "
+                          "(ci=mq.stats.Bootstrap(n_resamples=..., confidence=..., seed=...)).")
+    return ci
 
 
 @dataclass(frozen=True, eq=False)
@@ -540,6 +548,7 @@ def distance(
         >>> table = distance(base, quantize(base, "rtn-w4"), languages=["en", "ja"], n_sentences=16)  # doctest: +SKIP
         >>> print(table)  # doctest: +SKIP
     """
+    ci = _check_ci(ci)
     sentences = parallel_sentences(languages, n_sentences, seed)
     check_pair(base_model, quant_model)
     label = quant_model.spec.label
@@ -586,6 +595,7 @@ def run_distance(
     from mlquant.study import Study
 
     root = _run_folder(run_dir_or_study)
+    ci = _check_ci(ci)
     study = Study.from_yaml(root / "study.yaml")
     labels = [s.label for s in study.specs if not s.is_baseline]
     wanted = [quant] if isinstance(quant, str) else list(quant) if quant is not None else labels
