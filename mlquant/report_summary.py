@@ -148,7 +148,8 @@ class Findings:
                 points = str(unit) == "points"
                 span = _number(float(low), points) + (f" – {_number(float(high), points)}" if high > low else "")
                 ranges.append(f"{task} {metric} {span}{' points' if points else ''}")
-            lines.append(f"{quant}: {int(part['cells'].sum())} cells without a significant change (Holm p ≥ "
+            count = int(part["cells"].sum())
+            lines.append(f"{quant}: {count} cell{'s' * (count != 1)} without a significant change (Holm p ≥ "
                          f"{self.alpha}). The smallest change each could detect (80 % power, unadjusted α = "
                          f"{self.alpha}): {'; '.join(ranges)}. A smaller change in these cells is not ruled out.")
         if self.untested:
@@ -233,7 +234,7 @@ def find(summary: Any, scored: pd.DataFrame) -> Findings:
         ...                    "item_id": list("abcd") * 2, "score": [1.0, 1, 0, 1, 1, 0, 0, 1]})
         >>> f = find(mq.stats.summary(df, n_resamples=200), df)
         >>> len(f.significant), f.absent()[0][:45]
-        (0, 'w4: 1 cells without a significant change (Hol')
+        (0, 'w4: 1 cell without a significant change (Holm')
     """
     stats = cell_statistics(summary, scored)
     alpha = float(summary.settings.get("alpha", 0.05))
