@@ -135,7 +135,7 @@ def test_awq_default_beats_rtn_on_calibration_activations(arch: str) -> None:
 
 
 def test_clip_search_picks_the_best_ratio() -> None:
-    from mlquant.quantize.awq import clip_search
+    from mlquant.quantize.awq_search import clip_search
     from mlquant.quantize.rtn import fake_quantize
 
     torch.manual_seed(0)

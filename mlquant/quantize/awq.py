@@ -66,6 +66,7 @@ from mlquant.quantize._common import (
     run_block,
     weight_params,
 )
+from mlquant.quantize.awq_search import awq_scales, clip_search, group_view
 from mlquant.quantize.calibration import check_calibration
 from mlquant.spec import QuantSpec, register_quantizer
 
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
 
     from mlquant.models import HFModel
 
-__all__ = ["AWQ_DEFAULTS", "AWQQuantizer", "InputScale", "awq_scales", "clip_search", "run_awq"]
+__all__ = ["AWQ_DEFAULTS", "AWQQuantizer", "InputScale", "asym_alias", "check_fields", "run_awq"]
 
 log = logging.getLogger(__name__)
 
@@ -97,77 +98,6 @@ LINEAR_IN_V_AND_UP = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "
 INPUT_SCALE_ATTR = "mlquant_awq_input_scale"
 #: Labels registered with the asymmetric grid (AWQ's default; see :class:`AWQQuantizer`).
 AWQ_LABELS = ("awq-w4g128", "awq-w3g128", "awq-w4g64", "awq-w4g32", "awq-w4")
-
-
-# ----- the two searches (pure functions) ------------------------------------------------------------------------
-def awq_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, alpha: float) -> torch.Tensor:
-    """Per-channel AWQ scales for exponent ``alpha``: ``x^α`` (or ``x^α / (w^(1-α) + 1e-4)`` when ``w_mean`` is
-    given), clamped at 1e-4 and divided by ``sqrt(max · min)``; non-finite values become 1.
-
-    Example:
-        >>> import torch
-        >>> awq_scales(torch.tensor([1.0, 4.0]), None, 0.5).tolist()
-        [0.7071067690849304, 1.4142135381698608]
-        >>> awq_scales(torch.tensor([1.0, 4.0]), None, 0.0).tolist()
-        [1.0, 1.0]
-    """
-    import torch
-
-    x = x_mean.float()
-    if w_mean is None:
-        s = x.pow(alpha).clamp(min=1e-4)
-    else:
-        s = (x.pow(alpha) / (w_mean.float().pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
-    s = s / (s.max() * s.min()).sqrt()
-    return torch.where(torch.isfinite(s), s, torch.ones_like(s))
-
-
-def _group_view(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    rows, cols = w.shape
-    g = group_size or cols
-    if cols % g:
-        raise ConfigError(f"awq: group_size={group_size} does not divide the {cols} input features of a layer.")
-    return w.reshape(rows, cols // g, g)
-
-
-def clip_search(
-    w: torch.Tensor, x: torch.Tensor, quant: Callable[[torch.Tensor], torch.Tensor], group_size: int | None,
-    ratios: Sequence[float],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """AWQ's clipping search: for each row and group of ``w`` [rows, cols], the ratio of ``max|w|`` (one of
-    ``ratios``, which should start with 1) minimising ``mean_t (x_g (quant(clamp(w)) - w)_g^T)^2`` over the tokens
-    ``x`` [tokens, cols].
-
-    Returns:
-        (the clamped weight, the chosen ratio per [row, group]).
-
-    Example:
-        >>> import torch
-        >>> from mlquant.quantize.rtn import fake_quantize
-        >>> w, x = torch.randn(4, 8), torch.randn(32, 8)
-        >>> wc, r = clip_search(w, x, lambda t: fake_quantize(t, 3, 4, False), 4, [1.0, 0.9, 0.8])
-        >>> r.shape, bool((r <= 1).all())
-        (torch.Size([4, 2]), True)
-    """
-    import torch
-
-    w = w.float()
-    wg = _group_view(w, group_size)  # rows, G, g
-    rows, n_groups, g = wg.shape
-    xg = x.float().reshape(-1, n_groups, g).permute(1, 0, 2)  # G, T, g
-    max_val = wg.abs().amax(dim=2, keepdim=True)
-    best_err = torch.full((rows, n_groups), float("inf"), device=w.device)
-    best_ratio = torch.ones(rows, n_groups, device=w.device)
-    for ratio in ratios:
-        bound = max_val * ratio
-        cur = torch.maximum(torch.minimum(wg, bound), -bound).reshape(rows, -1)
-        diff = _group_view(quant(cur).float() - w, group_size).permute(1, 2, 0)  # G, g, rows
-        err = torch.bmm(xg, diff).pow_(2).mean(dim=1).T  # rows, G
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
-    bound = max_val * best_ratio[:, :, None]
-    return torch.maximum(torch.minimum(wg, bound), -bound).reshape(rows, -1).to(w.dtype), best_ratio
 
 
 class InputScale:
@@ -322,7 +252,7 @@ def _inspect_outputs(mp: _Mapping, masks: Sequence[Any]) -> list[Any]:
 
     with torch.no_grad():
         if mp.inspect is None or not mp.calls:
-            return [torch.cat([m(mp.x) for _, m in mp.linears], dim=-1)]
+            return [torch.cat([m(mp.x.to(m.weight.dtype)).float() for _, m in mp.linears], dim=-1)]
         outs = []
         for (args, kwargs), mask in zip(mp.calls, masks, strict=True):
             out = mp.inspect(*args, **kwargs)
@@ -362,7 +292,7 @@ def _search(
     w_mean = None
     if opts["duo_scaling"]:
         w = torch.cat([wt.float() for wt in weights], dim=0)
-        wg = _group_view(w, spec.group_size).abs()
+        wg = group_view(w, spec.group_size).abs()
         w_mean = _reduce_kv((wg / (wg.amax(dim=2, keepdim=True) + 1e-6)).reshape(w.shape).mean(dim=0), mp)
     ref = _inspect_outputs(mp, masks)
     losses: list[float] = []
@@ -620,9 +550,16 @@ def check_fields(spec: QuantSpec, method: str) -> None:
         raise ConfigError(f"{method}: label {spec.name!r} does not match w_bits={spec.w_bits}, group_size={spec.group_size}.")
 
 
-def _alias(label: str, method: str) -> dict[str, Any]:
-    bits, _, group = label.split("-w")[1].partition("g")
+def asym_alias(label: str) -> dict[str, Any]:
+    """Spec fields of a registered asymmetric label ``<method>-w<bits>[g<group>]``.
+
+    Example:
+        >>> asym_alias("awq-w4g128")
+        {'method': 'awq', 'w_bits': 4, 'group_size': 128, 'symmetric': False}
+    """
+    method, _, rest = label.partition("-w")
+    bits, _, group = rest.partition("g")
     return {"method": method, "w_bits": int(bits), "group_size": int(group) if group else None, "symmetric": False}
 
 
-register_quantizer(AWQQuantizer(), aliases={label: _alias(label, "awq") for label in AWQ_LABELS})
+register_quantizer(AWQQuantizer(), aliases={label: asym_alias(label) for label in AWQ_LABELS})

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from mlquant.errors import ConfigError
 from mlquant.quantize import Transformed
 from mlquant.quantize._common import check_options, check_range, option, quantizable_linears
-from mlquant.quantize.awq import check_fields
+from mlquant.quantize.awq import asym_alias, check_fields
 from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def lp_error(w: torch.Tensor, w_hat: torch.Tensor, p: float = 0.7) -> float:
         >>> lp_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]), p=0.5)
         1.0
     """
-    return float((w.float() - w_hat.float()).abs().pow(p).sum())
+    return float((w.detach().float() - w_hat.detach().float()).abs().pow(p).sum())
 
 
 class HQQQuantizer:
@@ -187,9 +187,4 @@ class HQQQuantizer:
         return Transformed(torch_model, records, {"hqq": {"options": opts, "layers": records}})
 
 
-def _alias(label: str) -> dict[str, Any]:
-    bits, _, group = label.split("-w")[1].partition("g")
-    return {"method": "hqq", "w_bits": int(bits), "group_size": int(group) if group else None, "symmetric": False}
-
-
-register_quantizer(HQQQuantizer(), aliases={label: _alias(label) for label in HQQ_LABELS})
+register_quantizer(HQQQuantizer(), aliases={label: asym_alias(label) for label in HQQ_LABELS})
