@@ -160,6 +160,28 @@ def test_disk_full_while_writing_a_cell_keeps_the_earlier_cells(tmp_path: Path, 
     assert again.last_run.cells_skipped == 1 and again.last_run.cells_computed == 1
 
 
+def _progress(out: Path) -> tuple[object, ...]:
+    """What changes when a run makes progress: its cell files and the size/mtime of its answer cache."""
+    cells = sorted(p.name for p in out.glob("cells/**/*.parquet"))
+    # sizes only: opening the cache touches its -shm file without storing anything
+    sizes = [(p.name, p.stat().st_size) for p in out.glob("cache.sqlite*") if p.name != "cache.sqlite-shm"]
+    return (tuple(cells), tuple(sizes))
+
+
+def _wait_for_progress(proc: subprocess.Popen[bytes], out: Path, before: tuple[object, ...]) -> bool:
+    """True once the run folder changed; False if the process ended first."""
+    import time
+
+    while proc.poll() is None:
+        try:
+            if _progress(out) != before:
+                return True
+        except FileNotFoundError:  # a file vanished between glob and stat (SQLite's WAL)
+            pass
+        time.sleep(0.02)
+    return False
+
+
 # ----- kill -9 ----------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_llama_dir: Path) -> None:
@@ -173,11 +195,18 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
     cmd = [sys.executable, "-c", "from mlquant.cli import main; main()", "run", str(study), "--out", str(out), "--quiet"]
     rng = random.Random(0)
     kills = 0
-    for attempt in range(40):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Each kill lands at a random moment *after* the process has visibly started work (a cell file or the cache
+    # changed), so no kill is wasted on interpreter start-up, and every kill interrupts computing or writing.
+    for _attempt in range(12):
+        before = _progress(out)
+        log = (tmp_path / f"attempt{_attempt}.log").open("wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if kills >= 6 or not _wait_for_progress(proc, out, before):
+            rc = proc.wait(timeout=300)
+            assert rc == 0, (tmp_path / f"attempt{_attempt}.log").read_text()[-3000:]
+            break
         try:
-            proc.wait(timeout=rng.uniform(1.0, 6.0) + 0.5 * attempt)  # later runs get longer, so it ends
+            proc.wait(timeout=rng.uniform(0.0, 0.6))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
