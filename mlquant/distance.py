@@ -78,15 +78,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Percentiles of the per-token KL that llama.cpp prints (name suffix -> fraction).
-KL_QUANTILES: Mapping[str, float] = {
-    "max": 1.0, "p99_9": 0.999, "p99": 0.99, "p95": 0.95, "p90": 0.90, "median": 0.5,
-    "p10": 0.10, "p5": 0.05, "p1": 0.01, "p0_1": 0.001, "min": 0.0,
-}
+KL_QUANTILES: Mapping[str, float] = {"max": 1.0, "p99_9": 0.999, "p99": 0.99, "p95": 0.95, "p90": 0.90,
+                                     "median": 0.5, "p10": 0.10, "p5": 0.05, "p1": 0.01, "p0_1": 0.001, "min": 0.0}
 #: Percentiles of Δp that llama.cpp prints.
-DP_QUANTILES: Mapping[str, float] = {
-    "max": 1.0, "p99_9": 0.999, "p99": 0.99, "p95": 0.95, "p90": 0.90, "p75": 0.75, "median": 0.5,
-    "p25": 0.25, "p10": 0.10, "p5": 0.05, "p1": 0.01, "p0_1": 0.001, "min": 0.0,
-}
+DP_QUANTILES: Mapping[str, float] = {"max": 1.0, "p99_9": 0.999, "p99": 0.99, "p95": 0.95, "p90": 0.90, "p75": 0.75,
+                                     "median": 0.5, "p25": 0.25, "p10": 0.10, "p5": 0.05, "p1": 0.01, "p0_1": 0.001,
+                                     "min": 0.0}
 _MEANS = ("kl", "kl_reverse", "same_top_p", "dp_mean", "ln_ppl_ratio", "ln_ppl_base", "ln_ppl_quant")
 #: Every metric of a :class:`DistanceTable`, in its row order.
 METRICS: tuple[str, ...] = (
@@ -285,7 +282,7 @@ class DistanceTable(FrameResult):
         >>> rows = pd.DataFrame({"metric": list(METRICS), "value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "se": 0.0,
         ...                      "se_naive": 0.0, "n_tokens": 10, "n_sentences": 2})
         >>> table = DistanceTable(rows.assign(quant="rtn-w4", lang="ja")[COLUMNS])
-        >>> table.wide().loc[("rtn-w4", "ja"), "kl"]
+        >>> float(table.wide().loc[("rtn-w4", "ja"), "kl"])
         0.0
     """
 
@@ -506,14 +503,10 @@ def _lang_tokens(pair: _Pair, lang: str, sentences: list[tuple[str, str]], batch
     return rows
 
 
-def _table(pairs: Sequence[_Pair], sentences: dict[str, list[tuple[str, str]]], ci: Bootstrap | None,
-           batch_size: int) -> DistanceTable:
-    parts = []
-    for pair in pairs:
-        for lang, sents in sentences.items():
-            rows = summarize_tokens(_lang_tokens(pair, lang, sents, batch_size), ci)
-            parts.append(rows.assign(quant=pair.label, lang=lang))
-    return DistanceTable(pd.concat(parts, ignore_index=True)[COLUMNS])
+def _table(pair: _Pair, sentences: dict[str, list[tuple[str, str]]], ci: Bootstrap, batch_size: int) -> pd.DataFrame:
+    parts = [summarize_tokens(_lang_tokens(pair, lang, sents, batch_size), ci).assign(quant=pair.label, lang=lang)
+             for lang, sents in sentences.items()]
+    return pd.concat(parts, ignore_index=True)[COLUMNS]
 
 
 def distance(
@@ -554,7 +547,7 @@ def distance(
     label = quant_model.spec.label
     pair = _Pair(label, _cache_folder(cache, label, base_model.fingerprint(), quant_model.fingerprint()),
                  lambda: (base_model, quant_model))
-    return _table([pair], sentences, ci, base_model.batch_size)
+    return DistanceTable(_table(pair, sentences, ci, base_model.batch_size))
 
 
 def _run_folder(run_dir_or_study: Any) -> Path:
@@ -611,10 +604,13 @@ def run_distance(
     specs = [s for s in study.specs if s.label in wanted]
 
     def loader(spec: Any) -> Callable[[], tuple[HFModel, HFModel]]:
+        built: list[tuple[HFModel, HFModel]] = []  # quantized once, on the first language that needs it
+
         def load() -> tuple[HFModel, HFModel]:
-            base, model = _hf(pool.get(study.baseline)), _hf(pool.get(spec))
-            check_pair(base, model)
-            return base, model
+            if not built:
+                built.append((_hf(pool.get(study.baseline)), _hf(pool.get(spec))))
+                check_pair(*built[0])
+            return built[0]
 
         return load
 
@@ -623,7 +619,7 @@ def run_distance(
     parts = []
     try:
         for pair in pairs:
-            parts.append(_table([pair], sentences, ci, study.batch_size).to_frame())
+            parts.append(_table(pair, sentences, ci, study.batch_size))
             pool.release()  # free this quantized model before the next one is built (the base model stays)
     finally:
         pool.release()

@@ -209,12 +209,17 @@ def test_cache_is_read_back_and_only_missing_sentences_are_computed(tmp_path: Pa
 
 
 def test_run_distance_rebuilds_the_study_models_and_resumes(tmp_path: Path, tiny_llama_dir: Path, monkeypatch) -> None:
+    import mlquant._runner as runner
     from mlquant.study import Study
 
     study = Study(str(tiny_llama_dir), ["fp32", "rtn-w8", "rtn-w4g32"],
                   tasks=[{"name": "flores_ppl", "languages": ["ja", "de"], "limit": 2}])
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
+    quantized: list[str] = []
+    real_quantize = runner.quantize
+    monkeypatch.setattr(runner, "quantize", lambda m, spec: quantized.append(spec.label) or real_quantize(m, spec))
     table = dist.run_distance(tmp_path, n_sentences=2, ci=FAST)
+    assert sorted(quantized) == ["rtn-w4g32", "rtn-w8"]  # each model quantized once for both languages
     frame = table.to_frame()
     assert set(frame["quant"]) == {"rtn-w8", "rtn-w4g32"} and set(frame["lang"]) == {"ja", "de"}
     kl = table.wide().xs("ja", level="lang")["kl"]
