@@ -126,7 +126,13 @@ def run(
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    html: Path | None = typer.Option(None, help="also write a static HTML report here"),
+    html: Path | None = typer.Option(
+        None, help="write the report as a self-contained HTML page here (summary, figures, tables; no external request)"
+    ),
+    page: bool = typer.Option(False, "--page", help="write the HTML report to RUN_DIR/report.html"),
+    open_page: bool = typer.Option(
+        False, "--open", help="open the HTML report in a browser (writes RUN_DIR/report.html unless --html is given)"
+    ),
     baseline: str | None = typer.Option(None, help="baseline label (default fp32, bf16 or fp16)"),
     cosine: bool = typer.Option(False, help="add the embedding cosine of generated outputs (needs mlquant[embed])"),
 ) -> None:
@@ -141,8 +147,14 @@ def report(
         judged = mq.read_results(run_dir, what="judged")
         built = build_report(frame, baseline, cosine=cosine, kl=kl_values, judged=judged)
         typer.echo(built.to_text())
-        if html is not None:
-            typer.echo(f"HTML report: {built.write_html(html)}")
+        target = html or (run_dir / "report.html" if page or open_page else None)
+        if target is not None:
+            written = built.write_html(target)
+            typer.echo(f"HTML report: {written}")
+            if open_page:
+                import webbrowser
+
+                webbrowser.open(written.resolve().as_uri())
     except MlquantError as exc:
         _fail(exc)
 

@@ -43,6 +43,9 @@ def test_run_and_report(tmp_path, tiny_llama_dir) -> None:
     assert "xcopa" in report.output and (tmp_path / "r.html").read_text().startswith("<!doctype html>")
     assert "Similarity to the baseline's outputs" in report.output and "flip_rate" in report.output
     assert "flip_rate" in (tmp_path / "r.html").read_text()
+    beside = runner.invoke(app, ["report", str(out), "--page"])
+    assert beside.exit_code == 0, beside.output
+    assert f"HTML report: {out / 'report.html'}" in beside.output and (out / "report.html").is_file()
 
 
 def test_run_bad_study_file_is_a_clear_error(tmp_path) -> None:
