@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default="bench/results/calibration_matrix.md")
     parser.add_argument("--no-run", action="store_true", help="only read the run folder and write the matrix")
+    parser.add_argument("--also", default="", help="more run folders (comma-separated) whose cells join the matrix "
+                        "(parts of the grid run in parallel processes; quants already in --run are not read twice)")
     args = parser.parse_args(argv)
 
     import torch
@@ -112,8 +114,23 @@ def main(argv: list[str] | None = None) -> int:
                       "wall_s": round(wall, 1), "cells_run": study.last_run.cells_computed,
                       "methods": methods, "controls": controls})
         times_file.write_text(json.dumps(times, indent=1))
+    folders = [run, *(Path(x) for x in args.also.split(",") if x)]
+    if len(folders) > 1:
+        import pandas as pd
+
+        frames = [results.frame]
+        for folder in folders[1:]:
+            more = mq.read_results(folder)
+            frames.append(more[~more["quant"].isin(set(pd.concat(frames)["quant"]))])
+            extra = folder / "bench_times.json"
+            times += json.loads(extra.read_text()) if extra.is_file() else []
+        results = mq.Results(pd.concat(frames, ignore_index=True))
     t0 = time.perf_counter()
-    matrix = calibration_matrix(results, reference="en", task="flores_ppl", ci=Bootstrap(n_resamples=args.resamples))
+    try:
+        matrix = calibration_matrix(results, reference="en", task="flores_ppl", ci=Bootstrap(n_resamples=args.resamples))
+    except mq.ConfigError as exc:
+        print(f"# no matrix from {[str(f) for f in folders]} yet: {exc}", flush=True)
+        return 1
     stats_s = time.perf_counter() - t0
     print(matrix, flush=True)
     frame = matrix.to_frame()
@@ -131,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"- Run folder `{run}` (a `mq.Study`: {len(study.specs)} quants x {len(present)} languages x `flores_ppl`); "
+        f"- Run folder(s) {', '.join(f'`{f}`' for f in folders)} (`mq.Study` runs; "
+        f"{frame['quant'].nunique()} calibrated cells' quants x {len(present)} languages x `flores_ppl`); "
         f"{args.sentences} FLORES devtest sentences per language (paired n per cell: {int(frame['n'].min())}-"
         f"{int(frame['n'].max())}; the study's seeded sample of evaluation ids "
         f"1-812; the calibration pool is ids 813-1004, so the two never overlap); calibration {args.calib_n} "

@@ -376,6 +376,9 @@ def _measure(
 
     torch_model, tokenizer = model.torch_model, model.tokenizer
     device = next(torch_model.parameters()).device
+    # The decoder alone: every hooked Linear is inside it, and the LM head (262k x 640 in Gemma 3) is not needed.
+    get_decoder = getattr(torch_model, "get_decoder", None)
+    body = get_decoder() if callable(get_decoder) else torch_model
     pad = pad_id(tokenizer)
     stats: dict[tuple[str, str], ChannelStats] = {}
     batch = 8
@@ -396,7 +399,7 @@ def _measure(
                     ids[i, : len(s)] = torch.tensor(s)
                     mask[i, : len(s)] = 1
                 sink.clear()
-                torch_model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                body(input_ids=ids.to(device), attention_mask=mask.to(device))
                 keep = mask.bool()
                 keep[:, 0] = False  # BOS: the same in every sequence (see the module docstring)
                 for name, _ in linears:

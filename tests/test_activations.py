@@ -97,17 +97,17 @@ def test_hooks_are_removed_after_a_run_and_after_an_error(tiny, monkeypatch) -> 
     activation_ranges(tiny, languages={"x": ["hello there"]}, layers=[1])
     assert _hook_count(tiny) == before
     calls = {"n": 0}
-    original = tiny.torch_model.forward
+    decoder = tiny.torch_model.get_decoder()
 
     def failing(*args, **kwargs):
         calls["n"] += 1
         assert _hook_count(tiny) > before  # the hooks are on during the forward pass
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(tiny.torch_model, "forward", failing)
+    monkeypatch.setattr(decoder, "forward", failing)
     with pytest.raises(RuntimeError, match="boom"):
         activation_ranges(tiny, languages={"x": ["hello there"]})
-    monkeypatch.setattr(tiny.torch_model, "forward", original)
+    monkeypatch.undo()
     assert calls["n"] == 1 and _hook_count(tiny) == before
 
 
