@@ -260,7 +260,7 @@ def grouping(
     The numbers are :func:`mlquant.stats.summary`'s groupings (``.groups()``): the mean of the cells' relative
     changes (each task x language cell weighs the same) with a 95 % percentile bootstrap CI over items, languages
     held fixed. With ``by="latin"`` the non-Latin minus Latin contrast and its CI (``.contrasts()``) are written
-    under the markers. Studies mixing metric directions get separate groups per direction (as in the summary).
+    as the x axis label. Studies mixing metric directions get separate groups per direction (as in the summary).
 
     Args:
         results: a ``Results``, a tidy per-item DataFrame, a ``Paired``, or a :class:`mlquant.stats.Summary`
@@ -312,7 +312,15 @@ def grouping(
     order = row_order(frame.assign(**{rank: frame["value"].astype(str)}), [rank, "category"], {})
     categories = order["category"].tolist()
     quants = [str(q) for q in dict.fromkeys(frame["quant"].astype(str))]
-    ax = new_axes(ax, (max(4.0, 1.1 * len(categories) + 2.0), 4.0))
+    lines: list[str] = []
+    if by == "latin" and len(summ.contrasts()):
+        contrasts = summ.contrasts()
+        lower = ~contrasts.get("higher_is_better", pd.Series(True, index=contrasts.index)).astype(str).isin(["True", "1"])
+        lines = [
+            f"{q}{' (lower is better)' if low else ''}: non-Latin - Latin = {d:+.2f} [{lo:+.2f}, {hi:+.2f}] points"
+            for q, low, d, lo, hi in zip(contrasts["quant"], lower, contrasts["difference"], contrasts["lo"], contrasts["hi"])
+        ]
+    ax = new_axes(ax, (max(4.5, 1.1 * len(categories) + 2.5), 4.0 + 0.13 * len(lines)))
     x = np.arange(len(categories), dtype=float)
     width = 0.6 / max(len(quants), 1)
     for k, q in enumerate(quants):
@@ -327,17 +335,14 @@ def grouping(
     ax.set_xticks(x, labels=ticks)
     ax.axhline(0.0, color="0.3", linewidth=0.8)
     ax.set_xlim(-0.6, len(categories) - 0.4)
-    ax.set_ylabel("mean relative change, %\n(each task x language cell weighs the same)")
+    ylabel = "mean relative change, %\n(task x language cells weigh the same)"
+    if any(c.endswith(" (lower is better)") for c in categories):
+        ylabel += "\n(lower is better: positive = worse)"
+    ax.set_ylabel(ylabel)
     ax.set_title(f"by {by} vs {summ.baseline}; 95 % paired bootstrap CI (languages fixed)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    if by == "latin" and len(summ.contrasts()):
-        contrasts = summ.contrasts()
-        lower = ~contrasts.get("higher_is_better", pd.Series(True, index=contrasts.index)).astype(str).isin(["True", "1"])
-        lines = [
-            f"{q}{' (lower is better)' if low else ''}: non-Latin - Latin = {d:+.2f} [{lo:+.2f}, {hi:+.2f}] points"
-            for q, low, d, lo, hi in zip(contrasts["quant"], lower, contrasts["difference"], contrasts["lo"], contrasts["hi"])
-        ]
-        ax.text(0.01, 0.01, "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom", color="0.25")
+    if lines:
+        ax.set_xlabel("\n".join(lines), fontsize=7, color="0.25", loc="left")
     return ax
 
 
