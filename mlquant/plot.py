@@ -148,8 +148,9 @@ def report_figures(results: Any, *, baseline: str | None = None, ci: Bootstrap =
         )
     )
     quant = _most_degraded(paired)
-    higher = sorted(set(cells.loc[cells["higher_is_better"].astype(bool), "task"].astype(str)))
-    tasks = higher or sorted(set(cells["task"].astype(str)))
+    own = cells[cells["quant"].astype(str) == quant]
+    higher = sorted(set(own.loc[own["higher_is_better"].astype(bool), "task"].astype(str)))
+    tasks = higher or sorted(set(own["task"].astype(str)))
     out.append(
         ReportFigure(
             "forest",
