@@ -80,6 +80,20 @@ class ModelPool:
         self._built: list[Model] = []
         self._seen: dict[int, int] = {}  # forward passes already counted, per model object
 
+    @property
+    def cross_cell_requests(self) -> int:
+        """Requests sent to the model in one call across the cells of a quant spec (0: cell by cell).
+
+        Engines that batch internally (vLLM's continuous batching, a server's concurrency) gain from whole-study
+        batches: ``engine_options["batch_requests"]`` (default 4096 for ``vllm`` and ``openai``, 0 for ``hf``, whose
+        batches are ``batch_size`` rows whatever it is sent).
+        """
+        default = 0 if self.engine == "hf" else 4096
+        value = self.engine_options.get("batch_requests", default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"engine_options: batch_requests={value!r} is invalid; expected an integer >= 0.")
+        return value
+
     def source(self) -> ModelSource | None:
         """Where a named model's weights come from (resolved without loading them); None for a model object."""
         if isinstance(self.model, str):
@@ -154,7 +168,7 @@ class ModelPool:
             raise ConfigError("engine vllm needs a named model (a transformers checkpoint), not a scripted model.")
         from mlquant.engines.vllm import VLLMModel
 
-        options = {k: v for k, v in self.engine_options.items() if k != "folder"}
+        options = {k: v for k, v in self.engine_options.items() if k not in ("folder", "batch_requests")}
         engine = VLLMModel.from_hf(model, **options)
         self._engines.append(engine)
         self._built.append(engine)
@@ -163,7 +177,7 @@ class ModelPool:
     def _openai(self, spec: QuantSpec) -> Model:
         from mlquant.engines.openai import OpenAIEngine
 
-        options = dict(self.engine_options)
+        options = {k: v for k, v in self.engine_options.items() if k != "batch_requests"}
         base_url = options.pop("base_url", None)
         if not isinstance(base_url, str):
             raise ConfigError("engine openai: engine_options needs base_url (e.g. http://127.0.0.1:8000).")
@@ -286,6 +300,7 @@ class Runner:
         self.chunk_items = chunk_items
         self.cache = RequestCache(cache_path if cache_path is not None else root / "cache.sqlite")
         self.stats = RunStats(cells_total=len(self.plan))
+        self._rereads = 0  # cache reads of answers prefetched across cells (not hits)
 
     def run(self) -> None:
         for group in group_by_quant(self.plan):
@@ -300,13 +315,33 @@ class Runner:
                 continue
             model = CachedModel(self._factory(spec), self.cache, fingerprint=self.pool.fingerprint(spec))
             try:
+                batch = self.pool.cross_cell_requests
+                if batch and len(todo) > 1:
+                    self._prefetch([planned for planned, _, _ in todo], model, batch)
                 for planned, path, sig in todo:
                     self._run_cell(planned, path, sig, model)
             finally:  # counted also when a cell fails: the answers are in the cache
                 self.stats.requests_computed += model.computed
-                self.stats.cache_hits += model.hits
+                self.stats.cache_hits += max(model.hits - self._rereads, 0)
+                self._rereads = 0
             self.stats.forward_passes += self.pool.release()
         self.stats.models_loaded = self.pool.models_loaded
+
+    def _prefetch(self, cells: Sequence[PlannedCell], model: CachedModel, batch: int) -> None:
+        """Answer the requests of several cells in calls of ``batch`` requests, each committed to the cache.
+
+        The cells are then scored one by one from the cache, so their files, resumption and results are those of a
+        cell-by-cell run; only the engine sees larger batches. The scoring pass's cache reads are not counted as
+        hits (they are this run's own answers).
+        """
+        requests = []
+        for planned in cells:
+            cell = planned.cell
+            for item in cell.task.items(cell.lang, limit=planned.limit, seed=planned.seed):
+                requests.extend(cell.task.requests(item, cell.lang))
+        for start in range(0, len(requests), batch):
+            answer(model, requests[start : start + batch])
+        self._rereads = len(requests)
 
     def _factory(self, spec: QuantSpec) -> Callable[[], Model]:
         return lambda: self.pool.get(spec)

@@ -58,7 +58,7 @@ STUDY_KEYS = {
     "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:<index> or mps (default cpu)",
     "device_map": "accelerate placement for a model larger than one device: auto, sequential, ... or a mapping",
     "engine": "what runs the model: hf (transformers, default), vllm (make vllm-venv) or openai (a server)",
-    "engine_options": "the engine's options: vllm {python, engine_args, dtype}; openai {base_url, models, ...}",
+    "engine_options": "vllm {python, engine_args, dtype}; openai {base_url, models, ...}; both: batch_requests",
 }
 
 #: The engines a study can run on (see mlquant.engines).

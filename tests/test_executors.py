@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import sqlite3
 import subprocess
 import sys
@@ -228,3 +229,46 @@ def test_ray_refuses_a_model_object(tmp_path) -> None:
     study = mq.Study(FakeModel(), quant=["fp32"], tasks=["xcopa"], languages=["tr"], limit=2)
     with pytest.raises(ConfigError, match=r"model object.*executor='local'"):
         study.run(tmp_path, executor="ray")
+
+
+# ----- batches across cells -------------------------------------------------------------------------------------------
+
+
+def test_requests_batched_across_cells_give_the_same_results_and_counts(tmp_path, tiny_llama_dir, monkeypatch) -> None:
+    """engine_options.batch_requests sends the requests of all cells of a quant in large calls (as vLLM wants);
+    the cells, their rows and the run's counts equal a cell-by-cell run, and a rerun computes nothing."""
+    from mlquant.cache import CachedModel
+
+    calls: list[int] = []
+    real = CachedModel.loglikelihood
+
+    def counting(self: CachedModel, requests: list) -> list:  # type: ignore[type-arg]
+        calls.append(len(requests))
+        return real(self, requests)
+
+    plain = tiny_study(tiny_llama_dir).run(tmp_path / "plain", progress=False).frame
+    monkeypatch.setattr(CachedModel, "loglikelihood", counting)
+    study = mq.Study(str(tiny_llama_dir), quant=QUANT, tasks=["xcopa"], languages=["tr", "zh"], limit=4,
+                     engine_options={"batch_requests": 1000})
+    batched = study.run(tmp_path / "batched", progress=False, chunk_items=2).frame
+    # per quant: one call of all 16 requests (2 cells x 4 items x 2 choices), then 2 re-reads per cell from the cache
+    assert calls[0] == 16 and max(calls) == 16 and calls.count(16) == len(QUANT)
+    a, b = sorted_frame(batched), sorted_frame(plain)
+    # the same rows and scores; log-likelihoods equal up to padding noise (other rows share the forward pass)
+    pd.testing.assert_frame_equal(a.drop(columns=["signature", "extra"]), b.drop(columns=["signature", "extra"]))
+    lp_a = [json.loads(e)["logprobs"] for e in a["extra"]]
+    lp_b = [json.loads(e)["logprobs"] for e in b["extra"]]
+    assert max(abs(x - y) for ra, rb in zip(lp_a, lp_b) for x, y in zip(ra, rb)) < 1e-4
+    assert study.last_run.requests_computed == 3 * 16 and study.last_run.cache_hits == 0
+    again = mq.Study(str(tiny_llama_dir), quant=QUANT, tasks=["xcopa"], languages=["tr", "zh"], limit=4,
+                     engine_options={"batch_requests": 1000})
+    again.run(tmp_path / "batched", progress=False)
+    assert again.last_run.cells_computed == 0 and again.last_run.requests_computed == 0
+
+
+def test_batch_requests_must_be_a_non_negative_integer(tmp_path) -> None:
+    from mlquant._runner import ModelPool
+
+    with pytest.raises(ConfigError, match=r"batch_requests=-1 is invalid"):
+        _ = ModelPool("x", engine_options={"batch_requests": -1}).cross_cell_requests
+    assert ModelPool("x").cross_cell_requests == 0 and ModelPool("x", engine="vllm").cross_cell_requests == 4096
