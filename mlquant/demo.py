@@ -146,6 +146,9 @@ class DemoOptions:
         limit: items per cell for every task; None keeps each task's demo limit (:data:`DEMO_TASKS`).
         dtype: ``auto``, ``fp32`` or ``bf16``: the compute dtype of the baseline and the quantized models.
         progress: show one progress bar per cell.
+        model: the model (default: the embedded Gemma 3 270M; another name, folder or .gguf file is named as it is
+            in the output).
+        quants: the quantizations compared with the baseline.
 
     Example:
         >>> DemoOptions().dtype
@@ -156,6 +159,13 @@ class DemoOptions:
     limit: int | None = None
     dtype: str = "auto"
     progress: bool = True
+    model: str = "gemma3-270m"
+    quants: tuple[str, ...] = DEMO_QUANTS
+
+    @property
+    def baseline_name(self) -> str:
+        """What the baseline is, for the output: :data:`BASELINE_NAME` for the embedded model, else its name."""
+        return BASELINE_NAME if self.model == "gemma3-270m" else self.model
 
 
 def demo_study(options: DemoOptions, choice: DtypeChoice) -> Any:
@@ -170,8 +180,8 @@ def demo_study(options: DemoOptions, choice: DtypeChoice) -> Any:
         raise ConfigError(f"demo: --limit {options.limit!r}; expected a positive integer (or none: the demo's limits).")
     tasks = [dict(t, limit=options.limit) if options.limit else dict(t) for t in DEMO_TASKS]
     quants: list[Any] = [choice.label]
-    quants += [q if choice.label == "fp32" else {"label": q, "dtype": choice.torch_dtype} for q in DEMO_QUANTS]
-    return mq.Study("gemma3-270m", quant=quants, tasks=tasks, languages=list(DEMO_LANGUAGES), seed=0, name="demo")
+    quants += [q if choice.label == "fp32" else {"label": q, "dtype": choice.torch_dtype} for q in options.quants]
+    return mq.Study(options.model, quant=quants, tasks=tasks, languages=list(DEMO_LANGUAGES), seed=0, name="demo")
 
 
 @contextlib.contextmanager
@@ -251,11 +261,12 @@ def run_demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> Path:
     started, cpu = time.perf_counter(), time.process_time()
     choice = choose_dtype(options.dtype)
     study = demo_study(options, choice)
-    baseline = f"{choice.label} ({BASELINE_NAME})"
-    echo(f"mlquant demo: {baseline} vs {', '.join(DEMO_QUANTS)}; {', '.join(t['name'] for t in DEMO_TASKS)}; "
+    baseline = f"{choice.label} ({options.baseline_name})"
+    echo(f"mlquant demo: {baseline} vs {', '.join(options.quants)}; {', '.join(t['name'] for t in DEMO_TASKS)}; "
          f"languages {' '.join(DEMO_LANGUAGES)}.")
-    echo(f"Baseline: {baseline}. It is itself a 4-bit model (Q4_K_M), so every change below is what quantizing it "
-         "*again* costs.")
+    if options.model == "gemma3-270m":
+        echo(f"Baseline: {baseline}. It is itself a 4-bit model (Q4_K_M), so every change below is what quantizing "
+             "it *again* costs.")
     echo(f"Compute dtype: {choice.reason}.")
     out = Path(options.out)
     with quiet_dependencies():
