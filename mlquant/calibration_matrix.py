@@ -192,7 +192,8 @@ class CalibrationMatrix(FrameResult):
             metric = str(part["metric"].iloc[0])
             head = (
                 f"{method} on {task} ({metric}, {'higher' if hib else 'lower'} is better): delta vs "
-                f"{self.reference}-calibrated; * p_holm < {self.alpha:g} ({self.ci.confidence:.0%} CIs in to_frame())"
+                f"{self.reference}-calibrated (rows '<source> - <control>': vs the control without calibration); "
+                f"* p_holm < {self.alpha:g} ({self.ci.confidence:.0%} CIs in to_frame())"
             )
             rows = []
             for cal, sub in part.groupby("calibration", sort=False):
@@ -201,11 +202,11 @@ class CalibrationMatrix(FrameResult):
                 rows.append([str(cal), *cells])
             for ctrl in self.controls.get(str(method), ()):
                 short = ctrl.split("-")[0]
-                col = f"delta_vs_{short}"
-                ref = part[part["calibration"] == self.reference]
-                by_lang = {str(r["lang"]): r for r in ref.to_dict("records")}
-                cells = [_mark(by_lang.get(lang), col, f"p_vs_{short}_holm", self.alpha) for lang in langs]
-                rows.append([f"{self.reference} vs {ctrl}", *cells])
+                for cal, sub in part.groupby("calibration", sort=False):
+                    by_lang = {str(r["lang"]): r for r in sub.to_dict("records")}
+                    cells = [_mark(by_lang.get(lang), f"delta_vs_{short}", f"p_vs_{short}_holm", self.alpha)
+                             for lang in langs]
+                    rows.append([f"{cal} - {ctrl}", *cells])
             table = pd.DataFrame(rows, columns=["calibration", *langs])
             blocks.append(head + "\n" + table.to_string(index=False))
         return "\n\n".join(blocks)

@@ -83,7 +83,7 @@ def test_a_planted_calibration_effect_is_recovered_with_sign_ci_and_holm_marks()
     assert t.loc[("en", "el"), "delta_vs_baseline"] == pytest.approx(0.05, abs=0.01)
     assert t["delta_vs_hqq"].isna().all() and m.controls == {"gptq-w4g128": ("rtn-w4g128",)}
     text = str(m)
-    assert "lower is better" in text and "en vs rtn-w4g128" in text
+    assert "lower is better" in text and "ja - rtn-w4g128" in text
     ar_col = text.splitlines()[1].split().index("ar")
     ja_line = next(line for line in text.splitlines() if line.split()[0] == "ja")
     assert ja_line.split()[ar_col].endswith("*")
