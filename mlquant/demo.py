@@ -174,14 +174,14 @@ def demo_study(options: DemoOptions, choice: DtypeChoice) -> Any:
     Raises:
         ConfigError: a limit that is not a positive integer.
     """
-    import mlquant as mq
+    from mlquant.study import Study
 
     if options.limit is not None and (not isinstance(options.limit, int) or options.limit < 1):
         raise ConfigError(f"demo: --limit {options.limit!r}; expected a positive integer (or none: the demo's limits).")
     tasks = [dict(t, limit=options.limit) if options.limit else dict(t) for t in DEMO_TASKS]
     quants: list[Any] = [choice.label]
     quants += [q if choice.label == "fp32" else {"label": q, "dtype": choice.torch_dtype} for q in options.quants]
-    return mq.Study(options.model, quant=quants, tasks=tasks, languages=list(DEMO_LANGUAGES), seed=0, name="demo")
+    return Study(options.model, quant=quants, tasks=tasks, languages=list(DEMO_LANGUAGES), seed=0, name="demo")
 
 
 @contextlib.contextmanager
@@ -255,8 +255,8 @@ def run_demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> Path:
         ConfigError: a bad option (before any model is loaded).
         MlquantError: a failure while running the study.
     """
-    import mlquant as mq
     from mlquant.report import build_report
+    from mlquant.stats import summary as stats_summary
 
     started, cpu = time.perf_counter(), time.process_time()
     choice = choose_dtype(options.dtype)
@@ -272,7 +272,7 @@ def run_demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> Path:
     with quiet_dependencies():
         results = study.run(out, progress=options.progress)
     frame = results.frame
-    summary = mq.stats.summary(frame[frame["score"].notna()], baseline=choice.label)
+    summary = stats_summary(frame[frame["score"].notna()], baseline=choice.label)
     echo("")
     for line in findings_text(summary.to_frame()):
         echo(line)
