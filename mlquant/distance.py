@@ -13,19 +13,17 @@ same parallel FLORES sentences in every language, so that languages are comparab
   standard error; ``ln_ppl_base`` and ``ln_ppl_quant`` (mean negative log-likelihood, nats per token) and
   ``ln_ppl_corr``, the Pearson correlation of the per-token ln p of the two models.
 
-Percentiles interpolate linearly between order statistics, as llama.cpp and :func:`numpy.quantile` do. Unlike
-llama.cpp, every token of a sentence is scored (llama.cpp scores the second half of 512-token chunks), and the KL
-uses the exact base distribution (llama.cpp stores it in 16 bits and drops ln p < -16).
+Percentiles interpolate linearly between order statistics (llama.cpp's and :func:`numpy.quantile`'s rule). Unlike
+llama.cpp, every token of a sentence is scored (it scores the second half of 512-token chunks) and the KL uses the
+exact base distribution (it stores it in 16 bits and drops ln p < -16).
 
 Uncertainty. Tokens of one sentence are correlated, so a per-token standard error is too small. Every mean gets
-``se_naive`` (llama.cpp's: the per-token SE, sd / sqrt(n_tokens); for ``ln_ppl_ratio`` sqrt(se_q² + se_b² - 2 cov))
-and ``se``, the cluster-robust SE with sentences as clusters (CR1: the variance of the mean is
-G / (G - 1) · Σ_g (S_g - m n_g)² / N², for G sentences with token sums S_g, token counts n_g and N tokens; the delta
-method for ``dp_rms``). ``ci_low`` / ``ci_high`` come from a cluster bootstrap that resamples whole sentences, for
-every metric (percentiles included).
-
-Memory: the LM heads run on ``chunk_size`` positions at a time, in float32 (one log-softmax per model, KL both ways,
-top-1 and the true token's log-probability from it); only six numbers per token are kept.
+``se_naive`` (llama.cpp's per-token SE: sd / sqrt(n_tokens); for ``ln_ppl_ratio`` sqrt(se_q² + se_b² - 2 cov)) and
+``se``, the cluster-robust (CR1) SE with sentences as clusters: Var = G / (G - 1) · Σ_g (S_g - m n_g)² / N² for G
+sentences of token sums S_g and counts n_g, N tokens, mean m (delta method for ``dp_rms``). ``ci_low`` / ``ci_high``
+come from a cluster bootstrap that resamples whole sentences, for every metric. Use 30 sentences or more: with a
+handful of clusters the clustered SE is itself very noisy. The LM heads run on ``chunk_size`` positions at a time
+in float32; only six numbers per token are kept.
 
 Example:
     >>> tokens = pd.DataFrame({"item_id": ["1", "1", "2", "2"], "kl": [0.1, 0.3, 0.2, 0.2],
