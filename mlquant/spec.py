@@ -100,6 +100,18 @@ class QuantSpec:
         for key in list(overrides):
             if key not in fields:
                 options[key] = overrides.pop(key)
+        head, at, calibration = label.partition("@")
+        if at:
+            if not calibration or "calibration" in overrides:
+                raise ConfigError(
+                    f"quant label {label!r}: '@' must be followed by the calibration (e.g. gptq-w4g128@flores:ja:128), "
+                    "and calibration= cannot be given as well."
+                )
+            return cls.parse(head, calibration=calibration, options=options, **overrides)
+        if label not in BASELINES and label not in _ALIASES and _LABEL.match(label) is None:
+            suffixed = cls._parse_suffixes(label, options, overrides)
+            if suffixed is not None:
+                return suffixed
         if label in BASELINES:
             if options:
                 raise ConfigError(f"quant spec {label!r}: a baseline takes no options, got {sorted(options)}.")
@@ -120,12 +132,44 @@ class QuantSpec:
                 f" Expected one of: {', '.join(known)}."
             )
         parsed: dict[str, Any] = {"method": m["method"], "w_bits": int(m["w"])}
+        parsed["symmetric"] = get_quantizer(m["method"]).default_symmetric
         if m["g"]:
             parsed["group_size"] = int(m["g"])
         if m["a"]:
             parsed["a_bits"] = int(m["a"])
         parsed.update(overrides)
         return cls(options=options, **parsed)
+
+    @classmethod
+    def _parse_suffixes(cls, label: str, options: dict[str, Any], overrides: dict[str, Any]) -> QuantSpec | None:
+        """A label that :attr:`label` wrote with suffixes: ``<base>[-asym|-sym][-<option><value>...]``, or None."""
+        tokens = label.split("-")
+        for k in range(len(tokens) - 1, 0, -1):
+            base, suffixes = "-".join(tokens[:k]), tokens[k:]
+            alias = _ALIASES.get(base)
+            m = _LABEL.match(base)
+            if alias is None and m is None:
+                continue
+            quantizer = get_quantizer(str(alias["method"]) if alias is not None else m["method"])  # type: ignore[index]
+            read: dict[str, Any] = {}
+            for suffix in suffixes:
+                if suffix in ("asym", "sym"):
+                    read["symmetric"] = suffix == "sym"
+                    continue
+                keys = [key for key in quantizer.option_defaults if suffix.startswith(key) and len(suffix) > len(key)]
+                if not keys:
+                    raise ConfigError(
+                        f"quant label {label!r}: suffix {suffix!r} is neither 'asym'/'sym' nor <option><value> of "
+                        f"{quantizer.name} (options: {sorted(quantizer.option_defaults)})."
+                    )
+                key = max(keys, key=len)
+                read[key] = _option_value(suffix[len(key) :], quantizer.option_defaults[key])
+            symmetric = read.pop("symmetric", None)
+            fields = dict(overrides)
+            if symmetric is not None:
+                fields.setdefault("symmetric", symmetric)
+            return cls.parse(base, options={**read, **options}, **fields)
+        return None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "quant spec") -> QuantSpec:
@@ -170,6 +214,8 @@ class QuantSpec:
         quantizer = get_quantizer(self.method)
         if not self.symmetric and quantizer.default_symmetric:
             base += "-asym"
+        elif self.symmetric and not quantizer.default_symmetric:
+            base += "-sym"
         non_default = {k: v for k, v in self.options.items() if quantizer.option_defaults.get(k) != v}
         if non_default:
             base += "-" + "-".join(f"{k}{v}" for k, v in sorted(non_default.items()))
@@ -250,6 +296,22 @@ def _load_builtins() -> None:
             except ModuleNotFoundError as exc:
                 if exc.name != f"mlquant.quantize.{module}":
                     raise
+
+
+def _option_value(text: str, default: Any) -> Any:
+    """An option value read back from a label, typed like the option's default (``damp0.05`` -> 0.05)."""
+    try:
+        if isinstance(default, bool):
+            if text not in ("True", "False"):
+                raise ValueError(text)
+            return text == "True"
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"quant label: option value {text!r} is not a {type(default).__name__}.") from None
+    return text
 
 
 def register_quantizer(

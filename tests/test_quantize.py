@@ -110,3 +110,27 @@ def test_quantize_label_inherits_model_dtype(tiny_llama) -> None:
     assert bf16.spec.label == "bf16" and bf16.spec.dtype == "bfloat16"
     assert quantize(bf16, "rtn-w8").spec.dtype == "bfloat16"
     assert quantize(tiny_llama, "fp32") is tiny_llama
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec.parse("rtn-w4g128", symmetric=False),
+        QuantSpec.parse("gptq-w4g128", symmetric=False, damp=0.05, calibration="flores:ja:16"),
+        QuantSpec.parse("rtn-w4g128", rotate="hadamard"),
+        QuantSpec.parse("awq-w4g256"),
+        QuantSpec.parse("hqq-w4g64"),
+        QuantSpec.parse("w8a8-int-gptq"),
+    ],
+    ids=lambda s: s.label,
+)
+def test_every_label_a_spec_writes_parses_back_to_that_spec(spec: QuantSpec) -> None:
+    """Labels read from a results table (suffixes -asym/-sym, -<option><value>, @calibration) work in a study file."""
+    assert QuantSpec.parse(spec.label) == spec
+
+
+def test_a_label_suffix_that_is_no_option_is_named_with_the_methods_options() -> None:
+    with pytest.raises(ConfigError, match=r"suffix 'foo'.*options: \['rotate', 'rotate_seed'\]"):
+        QuantSpec.parse("rtn-w4g128-foo")
+    with pytest.raises(ConfigError, match=r"'@' must be followed by the calibration"):
+        QuantSpec.parse("gptq-w4g128@")
