@@ -37,6 +37,9 @@ _LAZY = {
     "plot": "mlquant.plot",
     "report": "mlquant.report",
     "results": "mlquant.results",
+    "distance": "mlquant.distance",
+    "run_distance": "mlquant.distance",
+    "DistanceTable": "mlquant.distance",
 }
 
 __all__ = [

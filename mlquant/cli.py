@@ -240,6 +240,33 @@ def kl(
 
 
 @app.command()
+def distance(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    quant: list[str] = typer.Option([], help="quantized models (default: all of the study)"),
+    lang: list[str] = typer.Option([], help="languages (default: the study's languages)"),
+    sentences: int = typer.Option(64, help="FLORES sentences per language (the same sentences in every language)"),
+    seed: int = typer.Option(0, help="which sentences are drawn"),
+    csv: Path | None = typer.Option(None, help="also write the long table (quant, lang, metric, value, CI, SEs) as CSV"),
+) -> None:
+    """Distance to the baseline as llama.cpp's --kl-divergence reports it (KL both ways, same top token, Δp, ln PPL
+    ratio), per language on parallel FLORES sentences, with CIs and standard errors clustered by sentence.
+
+    The models are rebuilt from the run's study.yaml; per-token values are kept under distance/ and a rerun reads them.
+    """
+    from mlquant.distance import run_distance
+
+    try:
+        table = run_distance(run_dir, quant=quant or None, languages=lang or None, n_sentences=sentences, seed=seed)
+    except MlquantError as exc:
+        _fail(exc)
+        return
+    typer.echo(str(table))
+    if csv is not None:
+        table.to_frame().to_csv(csv, index=False)
+        typer.echo(f"wrote {csv}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory"),
     limit: int | None = typer.Option(None, help="items per cell for every task (default: each task's demo limit)"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import pandas as pd
 from typer.testing import CliRunner
 
 import mlquant as mq
@@ -118,8 +121,18 @@ def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_lla
     assert again.exit_code == 0, again.output
     report = runner.invoke(app, ["report", str(out), "--html", str(tmp_path / "r.html")])
     assert report.exit_code == 0 and "kl" in report.output
-    assert "<th>kl</th>" in (tmp_path / "r.html").read_text()
+    assert re.search(r"<th[^>]*>kl</th>", (tmp_path / "r.html").read_text())
     bad = runner.invoke(app, ["kl", str(out), "--quant", "rtn-w3"])
     assert bad.exit_code == 2 and "rtn-w3" in bad.output
     not_a_run = runner.invoke(app, ["kl", str(tmp_path)])
     assert not_a_run.exit_code == 2 and "has no study.yaml" in not_a_run.output
+    # llama.cpp-style distances of the same run: a table, a CSV in the long format, and a rerun that reads the cache.
+    from mlquant.distance import COLUMNS
+
+    csv = tmp_path / "distance.csv"
+    dist = runner.invoke(app, ["distance", str(out), "--lang", "ja", "--sentences", "2", "--csv", str(csv)])
+    assert dist.exit_code == 0, dist.output
+    assert "KL 95% CI" in dist.output and list(pd.read_csv(csv).columns) == COLUMNS
+    assert set(pd.read_csv(csv)["quant"]) == {"rtn-w8", "rtn-w4g32"}
+    bad_n = runner.invoke(app, ["distance", str(out), "--sentences", "0"])
+    assert bad_n.exit_code == 2 and "0" in bad_n.output
