@@ -8,6 +8,10 @@ Each method runs once on a fresh copy of the model (quantize() copies it); the t
 calibration forward passes and the per-layer report (which is also reported on its own for GPTQ). GPTQModel's
 own GPTQ is timed on the same layers only where it is installed with CUDA (it needs a CUDA build of torch >= 2.14.1);
 otherwise the script says so.
+
+``--reference`` also times, on the same 126 decoder weights, mlquant's quantize-dequantize of the formats a
+reference package implements against that package (hqq's ``Quantizer``; compressed-tensors' NVFP4 / MXFP4
+fake-quant; gguf's Q8_0 ``quantize`` + ``dequantize``), and checks that both give the same weights.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import platform
 import resource
 import sys
 import time
+from typing import Any
 
 
 def _rss_mib() -> float:
@@ -28,7 +33,8 @@ def _rss_mib() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--methods", default="rtn-w4g128,gptq-w4g128,w8a8,smoothquant-w8a8,fp8-w8a8")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--reference", action="store_true", help="time the reference packages on the same weights")
     parser.add_argument("--calibration", default="flores:en:128")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
@@ -68,12 +74,19 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_report": round(report_s, 2),
             "seconds_layers": round(float(report["seconds"].sum()), 2) if report["seconds"].notna().any() else None,
             "mean_output_rel_err": round(float(report["output_rel_err"].mean()), 5),
+            "mean_weight_rel_err": round(float(report["weight_rel_err"].mean()), 5),
             "bits_per_weight": round(float(report["bits_per_weight"].mean()), 3),
             "peak_rss_mib": round(_rss_mib()),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
         del q
+    if args.reference:
+        weights = [m.weight.detach().float() for n, m in model.torch_model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and ".layers." in n]
+        for row in reference_timings(weights):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if importlib.util.find_spec("gptqmodel") is None or not torch.cuda.is_available():
         print("# GPTQModel: not timed (needs `pip install gptqmodel` with a CUDA build of torch >= 2.14.1; "
               "this machine has " + ("no CUDA" if not torch.cuda.is_available() else "no gptqmodel") + ")")
@@ -86,7 +99,73 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _calibrated(method: str) -> set[str]:
-    return {"calibration"} if method in ("gptq", "smoothquant", "w8a8-int-gptq") else set()
+    return {"calibration"} if method in ("gptq", "smoothquant", "w8a8-int-gptq", "awq") else set()
+
+
+#: The methods timed by default: the 2024 ones of both papers, then those of 2025-26.
+DEFAULT_METHODS = (
+    "rtn-w4g128", "gptq-w4g128", "w8a8", "smoothquant-w8a8", "fp8-w8a8",
+    "awq-w4g128", "hqq-w4g64", "mxfp4-w4", "mxfp4-w4a4", "nvfp4-w4", "nvfp4-w4a4", "w4a8-w4g128a8",
+    "rtn-w4g128-rotatehadamard", "gguf-q8_0", "gguf-q6_k", "gguf-q4_k_m", "gguf-q2_k",
+)
+
+
+def _timed(fn: Any, weights: list[Any]) -> tuple[float, list[Any]]:
+    t0 = time.perf_counter()
+    out = [fn(w) for w in weights]
+    return time.perf_counter() - t0, out
+
+
+def reference_timings(weights: list[Any]) -> list[dict[str, Any]]:
+    """mlquant vs the reference package on the same weights: seconds of each, and the largest weight difference."""
+    import torch
+
+    from mlquant.quantize.fp4 import mxfp4_fake_quant, nvfp4_fake_quant
+    from mlquant.quantize.hqq import hqq_fake_quantize
+    from mlquant.quantize.kquant import dequantize_tensor, quantize_tensor
+
+    cases: list[tuple[str, Any, Any]] = []
+    if importlib.util.find_spec("hqq") is not None:
+        from hqq.core.quantize import Quantizer
+
+        def hqq_ref(w: Any) -> Any:
+            q, meta = Quantizer.quantize(w, nbits=4, group_size=64, axis=1, optimize=True, round_zero=True,
+                                         bitpack=False, device="cpu")
+            meta["compute_dtype"] = torch.float32
+            return Quantizer.dequantize(q, meta)
+
+        cases.append(("hqq-w4g64 (hqq 0.2.8 Quantizer)", lambda w: hqq_fake_quantize(w, 4, 64), hqq_ref))
+    if importlib.util.find_spec("compressed_tensors") is not None:
+        from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+        from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+        from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
+
+        def ct_ref(scheme: str, block: int) -> Any:
+            def run(w: Any) -> Any:
+                qargs = PRESET_SCHEMES[scheme]["weights"]
+                g = generate_gparam(w.min(), w.max()) if scheme == "NVFP4" else None
+                blocks = w.reshape(w.shape[0], -1, block)
+                scale, zp = calculate_qparams(blocks.amin(-1), blocks.amax(-1), qargs, global_scale=g)
+                return fake_quantize(w, scale, zp, qargs, global_scale=g)
+            return run
+
+        cases.append(("nvfp4 (compressed-tensors fake_quantize)", nvfp4_fake_quant, ct_ref("NVFP4", 16)))
+        cases.append(("mxfp4 vllm rule (compressed-tensors fake_quantize)", lambda w: mxfp4_fake_quant(w, "vllm"),
+                      ct_ref("MXFP4", 32)))
+    import gguf
+
+    cases.append(("gguf Q8_0 (gguf.quants quantize+dequantize)",
+                  lambda w: dequantize_tensor(quantize_tensor(w, "Q8_0"), "Q8_0"),
+                  lambda w: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0),
+                                                                    gguf.GGMLQuantizationType.Q8_0))))
+    rows = []
+    for name, ours, ref in cases:
+        t_ours, a = _timed(ours, weights)
+        t_ref, b = _timed(ref, weights)
+        diff = max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+        rows.append({"reference": name, "seconds_mlquant": round(t_ours, 2), "seconds_reference": round(t_ref, 2),
+                     "max_abs_weight_diff": diff})
+    return rows
 
 
 if __name__ == "__main__":
