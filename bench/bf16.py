@@ -64,6 +64,20 @@ def agreement(fp32: pd.DataFrame, bf16: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def speed(n: int) -> None:
+    """CPU seconds of ``loglikelihood`` over the same ``n`` FLORES sentences (as flores_ppl scores them), fp32 vs bf16."""
+    task, lang = mq.get_task("flores_ppl"), mq.get_language("en")
+    requests = [r for item in task.items(lang, limit=n, seed=0) for r in task.requests(item, lang)]
+    fp32 = mq.load_model("gemma3-270m")
+    for label, model in (("fp32", fp32), ("bf16", fp32.to_dtype("bfloat16"))):
+        best = float("inf")
+        for _ in range(3):
+            cpu = time.process_time()
+            model.loglikelihood_rolling(requests)
+            best = min(best, time.process_time() - cpu)
+        print(f"{label}: {best:.2f} s CPU for {len(requests)} requests (best of 3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--xcopa", type=int, default=40, help="xcopa items per language")
@@ -72,6 +86,10 @@ def main() -> None:
     parser.add_argument("--mgsm", type=int, default=4, help="mgsm items per language (en ja ru th; 0: none)")
     parser.add_argument("--flores-ppl", type=int, default=16, help="flores_ppl sentences per language")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--only", choices=["fp32", "bf16"], help="run (or resume) only this dtype's study in --root and "
+                        "stop: the two can then run as two processes; a last run without --only compares them")
+    parser.add_argument("--speed", type=int, default=0, metavar="N",
+                        help="instead: CPU seconds of loglikelihood on N FLORES sentences, fp32 vs bf16, best of 3")
     parser.add_argument("--root", type=Path, help="keep the two run folders here (a rerun resumes them; timings then "
                         "cover only what was left); default: a temporary folder, removed")
     args = parser.parse_args()
@@ -81,7 +99,16 @@ def main() -> None:
     if args.mgsm:
         tasks.append({"name": "mgsm", "shots": 1, "max_new_tokens": 48, "limit": args.mgsm,
                       "languages": ["en", "ja", "ru", "th"]})
+    if args.speed:
+        speed(args.speed)
+        return
     root = args.root or Path(tempfile.mkdtemp(prefix="bench-bf16-"))
+    if args.only:
+        if args.root is None:
+            raise SystemExit("--only needs --root (the folder the last run compares)")
+        _, wall, cpu = run_one(args.only, tasks, root)
+        print(f"{args.only}: {wall:.0f} s wall, {cpu:.0f} s CPU (what was left in {root / args.only})")
+        return
     try:
         fp32, wall_a, cpu_a = run_one("fp32", tasks, root)
         bf16, wall_b, cpu_b = run_one("bf16", tasks, root)

@@ -84,7 +84,7 @@ def test_demo_runs_reports_and_writes_the_html_beside_the_run(tmp_path: Path, ti
     assert f"fp32 ({tiny_llama_dir})" in text and "itself a 4-bit model" not in text  # that note: the embedded model
     assert "Compute dtype: fp32: asked for" in text
     assert text.index("Significant after Holm across all") < text.index("Report: ")
-    assert "rtn-w4g32" in text and "(0 already there)" in text
+    assert "rtn-w4g32" in text and ", 0 already there)" in text, text
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "FutureWarning" not in err, err
     again: list[str] = []
