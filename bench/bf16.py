@@ -45,6 +45,11 @@ def run_one(label: str, tasks: list[dict[str, Any]], root: Path) -> tuple[pd.Dat
 def agreement(fp32: pd.DataFrame, bf16: pd.DataFrame) -> pd.DataFrame:
     """Per task and language: items, agreeing predictions (choice, generation) or |delta bpb| (perplexity)."""
     keys = ["task", "lang", "item_id"]
+    # A run folder returns every cell it holds (a resumed folder may hold more than this run asked for): compare the
+    # cells both have, and require every item of those cells on both sides.
+    cells = set(map(tuple, fp32[["task", "lang"]].drop_duplicates().to_numpy())) & set(
+        map(tuple, bf16[["task", "lang"]].drop_duplicates().to_numpy()))
+    fp32, bf16 = (f[[(t, lang) in cells for t, lang in zip(f["task"], f["lang"])]] for f in (fp32, bf16))
     both = fp32.merge(bf16, on=keys, suffixes=("_a", "_b"))
     if len(both) != len(fp32) or len(both) != len(bf16):
         raise SystemExit(f"the two runs scored different items: {len(fp32)} vs {len(bf16)} rows, {len(both)} paired")
@@ -81,10 +86,11 @@ def speed(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--xcopa", type=int, default=40, help="xcopa items per language")
-    parser.add_argument("--belebele", type=int, default=24, help="belebele items per language")
+    parser.add_argument("--belebele", type=int, default=24, help="belebele items per language (0: none)")
     parser.add_argument("--belebele-langs", default="en,fr,de,zh", help="belebele's languages (long passages: slow)")
     parser.add_argument("--mgsm", type=int, default=4, help="mgsm items per language (en ja ru th; 0: none)")
     parser.add_argument("--flores-ppl", type=int, default=16, help="flores_ppl sentences per language")
+    parser.add_argument("--flores-langs", default=",".join(DEMO_LANGUAGES), help="flores_ppl's languages")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--only", choices=["fp32", "bf16"], help="run (or resume) only this dtype's study in --root and "
                         "stop: the two can then run as two processes; a last run without --only compares them")
@@ -93,9 +99,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="keep the two run folders here (a rerun resumes them; timings then "
                         "cover only what was left); default: a temporary folder, removed")
     args = parser.parse_args()
-    tasks: list[dict[str, Any]] = [{"name": "xcopa", "limit": args.xcopa}, {"name": "belebele", "limit": args.belebele,
-                                    "languages": args.belebele_langs.split(",")},
-                                   {"name": "flores_ppl", "limit": args.flores_ppl}]
+    tasks: list[dict[str, Any]] = [{"name": "xcopa", "limit": args.xcopa}]
+    if args.belebele:
+        tasks.append({"name": "belebele", "limit": args.belebele, "languages": args.belebele_langs.split(",")})
+    tasks.append({"name": "flores_ppl", "limit": args.flores_ppl, "languages": args.flores_langs.split(",")})
     if args.mgsm:
         tasks.append({"name": "mgsm", "shots": 1, "max_new_tokens": 48, "limit": args.mgsm,
                       "languages": ["en", "ja", "ru", "th"]})
