@@ -372,6 +372,7 @@ def _load_gguf_cached(source: ModelSource, torch_dtype: Any, placement: Mapping[
             if [tok(t)["input_ids"] for t in CANARY_TEXTS] == canary:
                 return model, tok
             log.warning("cached tokenizer in %s does not match its canary; reading the GGUF tokenizer", tok_folder)
+            shutil.rmtree(tok_folder, ignore_errors=True)
         tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
         _save_tokenizer(tok, tok_folder)
         return model, tok
@@ -391,7 +392,7 @@ def _load_gguf_cached(source: ModelSource, torch_dtype: Any, placement: Mapping[
     tmp = Path(tempfile.mkdtemp(dir=folder))
     try:
         model.save_pretrained(tmp / "model")
-        (tmp / "model").rename(folder / "model")
+        _publish(tmp / "model", folder / "model")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _save_tokenizer(tok, tok_folder)
@@ -414,8 +415,16 @@ def _save_tokenizer(tok: Any, folder: Path) -> None:
             log.warning("re-saved tokenizer differs from the GGUF tokenizer; not caching it")
             return
         (tmp / "mlquant_canary.json").write_text(json.dumps([tok(t)["input_ids"] for t in CANARY_TEXTS]))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        _publish(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(built: Path, target: Path) -> None:
+    """Move a finished cache folder into place; another process that published it first wins (same content)."""
+    try:
+        built.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        log.debug("%s was cached by another process meanwhile; keeping it", target)

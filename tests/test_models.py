@@ -202,3 +202,18 @@ def test_encode_pair_keeps_every_character_of_a_continuation_merged_across_the_b
     assert ctx == [0, 1] and cont == [4, 5]  # context's own tokens, then 我 走: nothing of the option is lost
     ctx, cont = model.encode_pair("走", "所以")  # no merge: a plain split of the whole
     assert (ctx, cont) == ([0, 5], [1])
+
+
+def test_a_cache_folder_published_by_another_process_first_is_kept(tmp_path) -> None:
+    """Two test workers (or users) filling the float cache at once: the second one's rename loses, quietly."""
+    from mlquant._loading import _publish
+
+    first, second, target = tmp_path / "a", tmp_path / "b", tmp_path / "model"
+    for folder, text in ((first, "first"), (second, "second")):
+        folder.mkdir()
+        (folder / "config.json").write_text(text)
+    _publish(first, target)
+    _publish(second, target)
+    assert (target / "config.json").read_text() == "first"
+    with pytest.raises(OSError):
+        _publish(tmp_path / "missing", tmp_path / "nowhere")
