@@ -60,6 +60,14 @@ def _scores_table(frame: Any, langs: list[str], extra: dict[str, dict[str, float
     return "\n".join(out)
 
 
+def _span(times: list[dict[str, Any]]) -> float:
+    """Seconds from the earliest start to the latest end of the recorded invocations (they may overlap)."""
+    if not times:
+        return 0.0
+    starts = [time.mktime(time.strptime(t["started"], "%Y-%m-%d %H:%M:%S")) for t in times]
+    return max(s + t["wall_s"] for s, t in zip(starts, times)) - min(starts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/calibration_matrix")
@@ -154,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{int(frame['n'].max())}; the study's seeded sample of evaluation ids "
         f"1-812; the calibration pool is ids 813-1004, so the two never overlap); calibration {args.calib_n} "
         "sentences per source (a mix takes them round-robin).",
-        f"- Wall time: {sum(t['wall_s'] for t in times):.0f} s over {len(times)} invocation(s) "
+        f"- Wall time: {_span(times):.0f} s from the first start to the last end ({sum(t['wall_s'] for t in times):.0f} s "
+        f"summed over {len(times)} invocation(s), some in parallel): "
         + "; ".join(f"{t['started']}: {t['wall_s']:.0f} s, {t['cells_run']} cells run ({','.join(t['methods'])})" for t in times)
         + f"; statistics {stats_s:.1f} s ({args.resamples} bootstrap resamples).",
         "- Delta = paired per-sentence mean of bits per byte (method calibrated on the row's source) - (the same "
