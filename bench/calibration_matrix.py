@@ -68,6 +68,63 @@ def _span(times: list[dict[str, Any]]) -> float:
     return max(s + t["wall_s"] for s, t in zip(starts, times)) - min(starts)
 
 
+def _activations(args: Any, argv: list[str] | None) -> int:
+    """Activation ranges of Gemma 3 270M per language and calibration source, and the sources' coverage."""
+    import pandas as pd
+    import torch
+
+    import mlquant as mq
+    from mlquant.activations import activation_ranges
+
+    sources = [x for x in args.activations.split(",") if x]
+    langs = [x for x in args.languages.split(",") if x]
+    model = mq.load_model("gemma3-270m")
+    t0 = time.perf_counter()
+    table = activation_ranges(model, languages=langs, calibration=sources, n_sentences=args.sentences)
+    seconds = time.perf_counter() - t0
+    frame = table.to_frame()
+    per_source = frame.groupby("source", sort=False).agg(
+        tokens=("n_tokens", "first"), absmax_median=("absmax", "median"), absmax_max=("absmax", "max"),
+        p99_9_median=("p99_9", "median"), outlier_share=("outlier_share", "mean"),
+        kurtosis_max_median=("kurtosis_max", "median"))
+    rows = []
+    for src in sources:
+        for lang in langs:
+            cov = table.coverage(src, lang).to_frame()
+            worst = cov.loc[cov["tokens_exceeding"].idxmax()]
+            rows.append({"calibration": src, "lang": lang, "tokens_exceeding_mean": cov["tokens_exceeding"].mean(),
+                         "tokens_exceeding_max": worst["tokens_exceeding"], "worst_linear": worst["linear"],
+                         "entries_exceeding_mean": cov["entries_exceeding"].mean(),
+                         "range_ratio_max": cov["range_ratio"].max(),
+                         "outlier_channels_covered": cov["outlier_channels_covered"].mean()})
+    coverage = pd.DataFrame(rows)
+    command = "MLQUANT_DATA_DIR=shared/data HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python bench/calibration_matrix.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    lines = [
+        "# Activation ranges per language and calibration coverage: Gemma 3 270M (`mlquant.activations`)", "",
+        f"Written on {time.strftime('%Y-%m-%d %H:%M %Z')}; torch {torch.__version__}; {seconds:.0f} s for "
+        f"`activation_ranges` ({len(frame)} (source, Linear) rows, every Linear of the 18 decoder blocks).", "",
+        f"Command: `{command.strip()}`", "",
+        f"Languages: the first {args.sentences} FLORES devtest sentences with evaluation ids (parallel); calibration "
+        "sources: exactly the texts GPTQ calibrates on. BOS left out. Outlier: |x| > 6 x the token's RMS.", "",
+        "## Per source (over the Linears: median of absmax, max absmax, median p99.9 |x|, mean outlier share, "
+        "median of the largest channel kurtosis)", "",
+        per_source.reset_index().to_markdown(index=False, floatfmt=".4g"), "",
+        "## Coverage: how much of each language's range the calibration text covers (over the Linears)", "",
+        "`tokens_exceeding`: share of the language's tokens with some input channel above the calibration text's "
+        "maximum for that channel (mean over Linears, and the worst Linear); `range_ratio_max`: the language's largest "
+        "|x| / the calibration text's, worst Linear; `outlier_channels_covered`: share of the language's top outlier "
+        "channels that are also outlier channels of the calibration text (mean over Linears).", "",
+        coverage.to_markdown(index=False, floatfmt=".4g"), "",
+    ]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    frame.to_csv(out.with_suffix(".csv"), index=False)
+    print("\n".join(lines), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/calibration_matrix")
@@ -82,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default="bench/results/calibration_matrix.md")
     parser.add_argument("--no-run", action="store_true", help="only read the run folder and write the matrix")
+    parser.add_argument("--activations", default="", help="instead of the matrix: activation_ranges of these "
+                        "calibration sources (comma-separated, e.g. flores:en:128,flores:ar:128) on --languages, "
+                        "--sentences each, with coverage tables, written to --out")
     parser.add_argument("--also", default="", help="more run folders (comma-separated) whose cells join the matrix "
                         "(parts of the grid run in parallel processes; quants already in --run are not read twice)")
     args = parser.parse_args(argv)
@@ -93,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlquant.stats import Bootstrap
 
     torch.set_num_threads(args.threads)
+    if args.activations:
+        return _activations(args, argv)
     methods = [m for m in args.methods.split(",") if m]
     controls = [c for c in args.controls.split(",") if c]
     sources = [s for s in args.sources.split(",") if s]
