@@ -428,3 +428,14 @@ def test_every_statistic_defaults_to_the_runs_baseline() -> None:
     assert res.paired() is res.paired("bf16")  # the default is the same cached pairing
     with pytest.raises(ConfigError, match="no baseline"):
         stats.relative_change(df.assign(quant=df["quant"].replace("bf16", "w8")))
+
+
+@pytest.mark.parametrize("by", [("metric",), ("higher_is_better",), ("task", "metric")])
+def test_grouping_by_an_estimate_column_keeps_it_once(by: tuple[str, ...]) -> None:
+    """by=("metric",) used to return the metric column four times (row["metric"] was a Series)."""
+    df = pd.DataFrame({"quant": ["fp32"] * 4 + ["w4"] * 4, "task": "t", "lang": ["en", "en", "ja", "ja"] * 2,
+                       "metric": "accuracy", "higher_is_better": True, "item_id": ["1", "2", "1", "2"] * 2,
+                       "score": [1, 1, 1, 0, 1, 0, 0, 0.0]})
+    frame = stats.relative_change(df, by=by, ci=stats.Bootstrap(n_resamples=200)).to_frame()
+    assert not frame.columns.duplicated().any()
+    assert frame.loc[0, "metric"] == "accuracy" and frame.loc[0, "rel_change"] == pytest.approx(-75.0)  # mean of en -50 and ja -100

@@ -93,7 +93,8 @@ def change_table(
     group_of_cell, groups = group_cells(paired, by)
     check_group_metrics(paired, group_of_cell, weighting)
     est = point_estimates(paired, group_of_cell, len(groups), weighting)
-    frame = pd.concat([groups, est], axis=1)
+    # a grouping key that is also an estimate column (by=("metric",)) is kept once, as the key
+    frame = pd.concat([groups, est.drop(columns=[c for c in est.columns if c in groups.columns])], axis=1)
     if ci is not None:
         if len(groups) == paired.n_cells and np.array_equal(group_of_cell, np.arange(paired.n_cells)):
             res = bootstrap_cells(paired, ci)
@@ -110,6 +111,7 @@ def change_table(
     for col in main:
         order += [col] + ([f"{col}_lo", f"{col}_hi"] if ci is not None else [])
     order += ["rel_drop"]
+    order = list(dict.fromkeys(order))
     return ChangeTable(
         _frame=frame[order].reset_index(drop=True),
         baseline=baseline,
