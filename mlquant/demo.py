@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,14 +33,15 @@ from mlquant.errors import ConfigError
 
 DEMO_LANGUAGES = ("en", "fr", "de", "zh", "ja", "ru", "th", "sw")  # 5 scripts: Latn Hans Jpan Cyrl Thai
 DEMO_QUANTS = ("rtn-w8", "rtn-w4", "rtn-w4g128")
-#: Per-task limits sized so that the demo stays under 10 minutes of CPU time on one core (bench/README.md, section
-#: "make demo"; per quant, measured: 16 FLORES sentences ~0.28 s each, an xcopa item ~0.5 s, a Belebele item ~1.2 s,
-#: an MGSM item ~5 s). Bits per byte (flores_ppl: one forward pass per sentence, every sentence paired) carries the
-#: signal that survives Holm's correction, so it gets 16 sentences in each language; xcopa has only zh th sw of these
-#: languages; Belebele's passages are long and MGSM generates, so they get few items in two languages each.
+#: Per-task limits sized so that the demo stays near 10 minutes of CPU time on one core (bench/README.md, section
+#: "make demo"; per quant, measured: a FLORES sentence ~0.28 s, an xcopa item ~0.5 s, a Belebele item ~1.2 s, an MGSM
+#: item ~5 s; with xcopa at 20 the whole demo took 10.4 CPU minutes, hence 16). Bits per byte (flores_ppl: one
+#: forward pass per sentence, every sentence paired) carries the signal that survives Holm's correction, so it gets
+#: 16 sentences in each language; xcopa has only zh th sw of these languages; Belebele's passages are long and MGSM
+#: generates, so they get few items in two languages each.
 DEMO_TASKS: tuple[dict[str, Any], ...] = (
     {"name": "flores_ppl", "limit": 16},
-    {"name": "xcopa", "limit": 20},
+    {"name": "xcopa", "limit": 16},
     {"name": "belebele", "limit": 8, "languages": ["en", "zh"]},
     {"name": "mgsm", "shots": 1, "max_new_tokens": 48, "limit": 4, "languages": ["en", "ja"]},
 )
@@ -209,10 +211,14 @@ def _change(row: Any) -> str:
     """One cell's change in words: scores, relative change with its CI, Holm p, n."""
     hib = bool(row.higher_is_better)
     worse = (row.diff < 0) if hib else (row.diff > 0)
+    if math.isfinite(row.rel_change_lo) and math.isfinite(row.rel_change_hi):
+        change = f"{row.rel_change:+7.1f} % [{row.rel_change_lo:+.1f}, {row.rel_change_hi:+.1f}]"
+    else:  # a baseline of 0 in some bootstrap resample: no relative interval, so the difference and its interval
+        lo, hi = getattr(row, "diff_lo", math.nan), getattr(row, "diff_hi", math.nan)
+        change = f"diff {row.diff:+.3g} [{lo:+.3g}, {hi:+.3g}] (too few correct items for a relative CI)"
     return (
         f"{row.quant:<11} {row.task:<11} {row.lang:<3} {row.metric:<14} {row.baseline:>8.4g} -> {row.quantized:<8.4g} "
-        f"{row.rel_change:+7.1f} % [{row.rel_change_lo:+.1f}, {row.rel_change_hi:+.1f}]  "
-        f"{'worse' if worse else 'better'}  p_holm {row.p_holm:.2g}  n {int(row.n)}"
+        f"{change}  {'worse' if worse else 'better'}  p_holm {row.p_holm:.2g}  n {int(row.n)}"
     )
 
 
@@ -279,7 +285,10 @@ def run_demo(options: DemoOptions, echo: Callable[[str], Any] = print) -> Path:
     for line in findings_text(summary.to_frame()):
         echo(line)
     for r in summary.contrasts().itertuples(index=False):
-        echo(f"{r.quant}: non-Latin {r.non_latin:+.1f} % vs Latin {r.latin:+.1f} % (mean relative change per cell); "
+        hib = getattr(r, "higher_is_better", None)
+        which = "" if hib is None else (" (higher is better: accuracy)" if str(hib) == "True" else
+                                        " (lower is better: bits per byte)")
+        echo(f"{r.quant}{which}: non-Latin {r.non_latin:+.1f} % vs Latin {r.latin:+.1f} % (mean relative change per cell); "
              f"difference {r.difference:+.1f} points, 95 % CI [{r.lo:+.1f}, {r.hi:+.1f}]")
     report = build_report(results, choice.label).write_html(out / "report.html")
     s = study.last_run

@@ -48,6 +48,10 @@ def test_findings_lead_with_what_survives_holm_and_give_every_change_its_ci() ->
     # The +300 % from 8 items is shown only with its interval and its MDD, among the non-significant cells.
     assert "+300.0 % [+50.0, +500.0]" in rest and "mdd_rel 150 %" in rest
     assert all("%" not in line or "[" in line for line in lines[1:] if line.startswith("  "))
+    # A relative CI that is undefined (a baseline of 0 in some resample) gives way to the difference and its CI.
+    undefined = cells.assign(rel_change_lo=float("nan"), rel_change_hi=float("nan"), diff_lo=-0.5, diff_hi=0.9)
+    text = "\n".join(findings_text(undefined))
+    assert "nan" not in text and "diff +0.75 [-0.5, +0.9] (too few correct items for a relative CI)" in text
 
 
 def test_quiet_dependencies_silences_their_warnings_and_bars_only() -> None:
