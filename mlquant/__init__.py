@@ -40,6 +40,10 @@ _LAZY = {
     "distance": "mlquant.distance",
     "run_distance": "mlquant.distance",
     "DistanceTable": "mlquant.distance",
+    "calibration_matrix": "mlquant.calibration_matrix",
+    "calibration_grid": "mlquant.calibration_matrix",
+    "CalibrationMatrix": "mlquant.calibration_matrix",
+    "activation_ranges": "mlquant.activations",
 }
 
 __all__ = [

@@ -266,6 +266,30 @@ def distance(
         typer.echo(f"wrote {csv}")
 
 
+@app.command("calibration-matrix")
+def calibration_matrix_cmd(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    reference: str = typer.Option("en", help="the reference calibration source: en, mix(en+ja), flores:en:128, ..."),
+    method: list[str] = typer.Option([], help="a calibrated method: base label (gptq-w4g128) or name (gptq); default all"),
+    task: list[str] = typer.Option([], help="task labels (default: all)"),
+    csv: Path | None = typer.Option(None, "--csv", help="also write the full table (CIs, controls) as CSV here"),
+) -> None:
+    """Each calibrated method's paired score change per calibration source x evaluation language, against the same
+    method calibrated on the reference source (and against RTN / HQQ at the same bits where the run has them)."""
+    from mlquant.calibration_matrix import calibration_matrix
+    from mlquant.results import Results
+
+    try:
+        matrix = calibration_matrix(Results.read(run_dir), reference=reference, method=method or None, task=task or None)
+    except MlquantError as exc:
+        _fail(exc)
+        return
+    typer.echo(str(matrix))
+    if csv is not None:
+        matrix.to_frame().to_csv(csv, index=False)
+        typer.echo(f"written: {csv}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="run directory"),

@@ -136,3 +136,17 @@ def test_kl_command_rebuilds_models_stores_values_and_resumes(tmp_path, tiny_lla
     assert set(pd.read_csv(csv)["quant"]) == {"rtn-w8", "rtn-w4g32"}
     bad_n = runner.invoke(app, ["distance", str(out), "--sentences", "0"])
     assert bad_n.exit_code == 2 and "0" in bad_n.output
+
+
+def test_calibration_matrix_command_prints_the_matrix_and_writes_csv(tmp_path, tiny_llama_dir) -> None:
+    """GPTQ calibrated on en and ja + an RTN control, bits per byte in two languages: the matrix against en."""
+    quant = ("fp32, rtn-w4g32, {label: gptq-w4g32, calibration: ['flores:en:8', 'flores:ja:8']}")
+    out = _run_study(tmp_path, tiny_llama_dir, quant, "{name: flores_ppl, languages: [en, ja], limit: 4}")
+    csv = tmp_path / "matrix.csv"
+    result = runner.invoke(app, ["calibration-matrix", str(out), "--csv", str(csv)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(csv)
+    assert set(table["lang"]) == {"en", "ja"} and set(table["calibration"]) >= {"ja"}
+    assert {"delta", "ci_low", "ci_high", "p_holm", "delta_vs_rtn"} <= set(table.columns)
+    missing = runner.invoke(app, ["calibration-matrix", str(out), "--reference", "ar"])
+    assert missing.exit_code == 2 and "ar" in missing.output
