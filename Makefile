@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 DATA_DIR ?= $(abspath ../shared/data)
 EXTRAS ?= dev,bnb,confusion,similarity,embed,plot,ray,docs,reference
 PYTEST_ARGS ?=
+# `make test` runs pytest on this many worker processes (pytest-xdist), each test file on one worker: one per core of
+# the 2-core CI machine, each with one torch thread. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 LOCK ?= requirements/lock.txt
 
 export MLQUANT_DATA_DIR ?= $(DATA_DIR)
@@ -36,7 +39,7 @@ demo: setup
 # One torch thread: on 2 shared cores, OpenMP barriers in GPTQ's column loop made 2 threads up to 30x slower.
 # The lint gate runs first: a type or lint error fails `make test` (and CI) like a failing test.
 test: setup lint
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: setup
