@@ -97,8 +97,8 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -
 def test_ctrl_c_keeps_finished_cells_and_exits_130(tmp_path: Path, tiny_llama_dir: Path) -> None:
     study = tmp_path / "s.yaml"
     study.write_text(
-        f"model: {tiny_llama_dir}\nquant: [fp32, rtn-w8, rtn-w4g32]\ntasks: [{{name: mgsm, max_new_tokens: 32}}]\n"
-        "languages: [en, ja, zh]\nlimit: 4\nbatch_size: 1\n"
+        f"model: {tiny_llama_dir}\nquant: [fp32, rtn-w8, rtn-w4g32]\ntasks: [{{name: mgsm, max_new_tokens: 64}}]\n"
+        "languages: [en, ja, zh, ru]\nlimit: 6\nbatch_size: 1\n"
     )
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -120,4 +120,4 @@ def test_ctrl_c_keeps_finished_cells_and_exits_130(tmp_path: Path, tiny_llama_di
     resumed = mq.Study.from_yaml(study)
     resumed.run(out, progress=False)
     assert resumed.last_run.cells_skipped >= len(kept)  # what was finished before Ctrl-C is not recomputed
-    assert resumed.last_run.cells_skipped + resumed.last_run.cells_computed == 9
+    assert resumed.last_run.cells_skipped + resumed.last_run.cells_computed == 12

@@ -54,7 +54,7 @@ def test_awq_labels(label: str, kw: dict, expected: str) -> None:
         ("awq-w4g128", {"alpha": 0.5}, "'alpha'"),
         ("awq-w9g128", {}, "w_bits=9"),
         ("awq-w4g128a8", {}, "a_bits=8"),
-        ("awq-w4g256", {}, "symmetric=True"),
+        ("awq-w4g256", {"symmetric": True}, "symmetric=True"),
         ("awq-w4g128", {"group_size": 64}, "'awq-w4g128' does not match"),
         ("awq-w4g128", {"calibration": "flores:xx:1"}, "xx"),
     ],
@@ -250,7 +250,7 @@ def test_hqq_model_and_specs() -> None:
         ("hqq-w4g64", {"iters": 0}, "iters=0"),
         ("hqq-w4g64", {"kappa": 0.5}, "kappa=0.5"),
         ("hqq-w4g64", {"calibration": "flores:en:8"}, "calibration-free"),
-        ("hqq-w4g32", {}, "symmetric=True"),
+        ("hqq-w4g32", {"symmetric": True}, "symmetric=True"),
         ("hqq-w9g64", {}, "w_bits=9"),
     ],
 )

@@ -543,7 +543,7 @@ def check_fields(spec: QuantSpec, method: str) -> None:
     if spec.symmetric:
         raise ConfigError(
             f"{method}: symmetric=True is not offered ({method.upper()} uses an asymmetric grid with a zero point); "
-            f"use a registered label or pass symmetric=False (e.g. QuantSpec.parse('{method}-w4g256', symmetric=False))."
+            f"drop symmetric=True (labels such as '{method}-w4g256' are asymmetric by default)."
         )
     canonical = f"{method}-w{spec.w_bits}" + (f"g{spec.group_size}" if spec.group_size else "")
     if spec.name is not None and spec.name != canonical:
