@@ -289,3 +289,19 @@ def test_awq_and_hqq_on_gemma(gemma) -> None:
     w = gemma.torch_model.model.layers[3].self_attn.o_proj.weight.detach().float()
     assert torch.allclose(hqq_fake_quantize(w, 4, 64), _hqq_dequant(w, 4, 64, True), rtol=0,
                           atol=1e-6 * float(w.abs().max()))
+
+
+def test_hqq_report_measures_the_weight_error_against_the_original_weights() -> None:
+    """The per-layer weight error is taken before the quantized values are written back (it read 0 when the float32
+    weight and the 'original' were the same tensor)."""
+    from mlquant.quantize import quantize
+    from mlquant.quantize._common import quantizable_linears
+    from mlquant.quantize.hqq import hqq_fake_quantize
+
+    tiny = make_tiny("llama")
+    q = quantize(tiny, QuantSpec.parse("hqq-w4g32"))
+    report = q.quant_report.set_index("layer")
+    name, linear = next(iter(quantizable_linears(tiny.torch_model)))
+    w = linear.weight.detach().float()
+    expected = float((w - hqq_fake_quantize(w, 4, 32)).norm() / w.norm())
+    assert report.loc[name, "weight_rel_err"] == pytest.approx(expected, rel=1e-5) and expected > 0.01

@@ -174,7 +174,7 @@ class HQQQuantizer:
         records: dict[str, dict[str, Any]] = {}
         for name, linear in linears:
             start = time.perf_counter()
-            w = linear.weight.detach().float()
+            w = linear.weight.detach().float().clone()  # float() of a float32 weight is the weight itself
             wq = hqq_fake_quantize(w, bits, group, opts)
             with torch.no_grad():
                 linear.weight.copy_(wq.to(linear.weight.dtype))
