@@ -105,6 +105,9 @@ def test_ctrl_c_keeps_finished_cells_and_exits_130(tmp_path: Path, tiny_llama_di
     proc = subprocess.Popen(
         [sys.executable, "-c", "from mlquant.cli import main; main()", "run", str(study), "--out", str(out), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # A test worker (pytest-xdist) ignores SIGINT, and an ignored signal stays ignored across exec: give the run
+        # the default disposition a terminal gives it, so that Python turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.rglob("*.parquet")) and proc.poll() is None:
