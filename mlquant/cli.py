@@ -260,9 +260,14 @@ def distance(
     except MlquantError as exc:
         _fail(exc)
         return
-    typer.echo(str(table))
+    _print_table(table, csv)
+
+
+def _print_table(result: Any, csv: Path | None) -> None:
+    """Print a result object (its ``str``) and, when asked, write its ``to_frame()`` as CSV."""
+    typer.echo(str(result))
     if csv is not None:
-        table.to_frame().to_csv(csv, index=False)
+        result.to_frame().to_csv(csv, index=False)
         typer.echo(f"wrote {csv}")
 
 
@@ -284,10 +289,7 @@ def calibration_matrix_cmd(
     except MlquantError as exc:
         _fail(exc)
         return
-    typer.echo(str(matrix))
-    if csv is not None:
-        matrix.to_frame().to_csv(csv, index=False)
-        typer.echo(f"written: {csv}")
+    _print_table(matrix, csv)
 
 
 @app.command()
