@@ -36,8 +36,10 @@ class TinyServer:
         zero_ok: bool = True,
         delay: float = 0.0,
         api_key: str | None = None,
+        served: str | None = None,  # the one model name accepted (vLLM answers 404 to another); None: any
     ) -> None:
         self.hf = hf
+        self.served = served
         self.fail_first = fail_first
         self.echo = echo
         self.zero_ok = zero_ok
@@ -54,6 +56,19 @@ class TinyServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
+
+            def do_GET(self) -> None:
+                reply: dict[str, Any]
+                if self.path == "/v1/models" and server.served is not None:
+                    status, reply = 200, {"object": "list", "data": [{"id": server.served, "max_model_len": 64}]}
+                else:
+                    status, reply = 404, {"error": {"message": f"no route {self.path}"}}
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -94,6 +109,12 @@ class TinyServer:
             return 503, {"error": {"message": "overloaded, try again"}}
         if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
             return 401, {"error": {"message": "bad API key"}}
+        if self.served is not None and body.get("model") != self.served:
+            return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
+        if "" in (body.get("stop") or ()):
+            return 400, {"error": {"message": "stop cannot contain an empty string."}}  # as vLLM 0.32
+        if not body.get("echo") and int(body.get("max_tokens", 16)) < 1:
+            return 400, {"error": {"message": "max_tokens must be at least 1, got 0."}}
         prompt = body["prompt"]
         ids = list(prompt) if isinstance(prompt, list) else self.hf.encode(prompt)
         text = prompt if isinstance(prompt, str) else self.hf.tokenizer.decode(ids[1:])
@@ -282,6 +303,54 @@ def test_generation_equals_hfmodel(hf: Any, server: TinyServer) -> None:
     sent = [b for b in server.bodies if not b.get("echo")]
     assert all(b["temperature"] == 0.0 and "seed" not in b for b in sent)
     assert all(len(b.get("stop", ())) <= 4 for b in sent)
+
+
+def test_empty_stops_and_zero_new_tokens_are_not_sent(hf: Any, server: TinyServer) -> None:
+    """vLLM refuses an empty stop string and max_tokens 0 without echo (HTTP 400): the engine drops empty and
+    repeated stops (the text is still cut at all of them) and answers max_new_tokens=0 with "" (as HFModel)."""
+    reqs = [GenerateRequest("Soru: ", stop=("", "a", "a", "", "e", "i", "o", "u"), max_new_tokens=12),
+            GenerateRequest("Nothing", max_new_tokens=0)]
+    engine = OpenAIEngine(server.url, "tiny", tokenizer=hf.tokenizer)
+    assert engine.generate(reqs) == hf.generate(reqs)
+    assert hf.generate(reqs[1:]) == [""]
+    assert [b.get("stop") for b in server.bodies] == [["a", "e", "i", "o"]] and engine.n_forward == 1
+
+
+def test_an_unknown_model_name_lists_the_served_models(hf: Any) -> None:
+    server = TinyServer(hf, served="tiny-served")
+    try:
+        engine = OpenAIEngine(server.url + "/v1", "tiny")
+        assert engine.served_models() == {"tiny-served": 64}
+        with pytest.raises(ServerError, match=r"HTTP 404.*does not exist.*serves \['tiny-served'\]") as err:
+            engine.generate([GenerateRequest("x", max_new_tokens=2)])
+        assert err.value.status == 404 and engine.n_forward == 0
+        right = OpenAIEngine(server.url, "tiny-served")
+        assert right.generate([GenerateRequest("x", max_new_tokens=2)]) == hf.generate([GenerateRequest("x", max_new_tokens=2)])
+    finally:
+        server.close()
+    with pytest.raises(ServerError, match="HTTP 404"):  # a server without /v1/models: the plain 404
+        bare = TinyServer(hf)
+        try:
+            OpenAIEngine(bare.url, "tiny").served_models()
+        finally:
+            bare.close()
+
+
+def test_greedy_flags_come_from_vllms_ranks_for_token_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """top_logprobs are keyed by token text: two tokens decoding alike ("\ufffd") collapse into one key, and a tie
+    cannot be broken. vLLM's prompt_logprobs (keyed by id, with ranks) decide where the reply carries them."""
+    engine = OpenAIEngine("http://127.0.0.1:9", "m")
+    ids = [2, 300, 301]
+    ufffd = "\ufffd"
+    lp = {"tokens": ["<bos>", ufffd, ufffd], "token_logprobs": [None, -1.0, -0.5],
+          "top_logprobs": [None, {ufffd: -1.0}, {ufffd: -0.5}]}
+    table = [None, {"300": {"logprob": -1.0, "rank": 2}, "77": {"logprob": -1.0, "rank": 1}},
+             {"301": {"logprob": -0.5, "rank": 1}}]
+    reply = {"choices": [{"text": "", "logprobs": lp, "prompt_logprobs": table}]}
+    monkeypatch.setattr(engine, "post", lambda body: reply)
+    assert engine.echo(ids).greedy == [None, False, True]
+    reply["choices"][0].pop("prompt_logprobs")  # an OpenAI-format reply only: the text keys decide (wrongly here)
+    assert engine.echo(ids).greedy == [None, True, True]
 
 
 # ----- transport --------------------------------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 :class:`OpenAIEngine` implements the :class:`~mlquant.requests.Model` protocol over HTTP (standard library only):
 
 * **generation**: one completion per request, greedy (``temperature: 0``) unless the request samples, with the
-  request's ``stop`` (the first four; every one is applied again with :func:`~mlquant.requests.cut_at_stop`) and
-  ``max_tokens``;
+  request's ``stop`` (the first four non-empty ones; every one is applied again with
+  :func:`~mlquant.requests.cut_at_stop`) and ``max_tokens`` (no request for ``max_new_tokens`` 0: the answer is "");
 * **log-likelihood**: the prompt *context + continuation* is sent with ``echo: true, logprobs: 1, max_tokens: 0``
   (``max_tokens: 1`` where the server refuses 0; the generated token is then dropped); the log-probabilities the
   server returns for the prompt's own tokens are summed over the continuation's tokens, and a token is *greedy*
-  when its log-probability is the largest of its ``top_logprobs`` (the top-1);
+  when its log-probability is the largest of its ``top_logprobs`` (the top-1), or, where the reply to a token-id
+  prompt carries vLLM's ``prompt_logprobs`` (keyed by token id, with ranks), when its rank there is 1;
 * **rolling log-likelihood**: the same over the whole text. The first token of a prompt has no log-probability
   (nothing precedes it): a server that adds a BOS token scores every token of the text, one that does not cannot
   score the text's first token, and ``n_tokens`` counts only the tokens scored.
@@ -29,6 +30,10 @@ Example:
     >>> engine = OpenAIEngine("http://127.0.0.1:8000", "my-model")
     >>> engine.endpoint, engine.signature()
     ('http://127.0.0.1:8000/v1/completions', 'model:my-model@http://127.0.0.1:8000/v1/completions')
+
+Against a real vLLM server (serve the model with :func:`mlquant.engines.vllm.serve_command`; ``tests/
+test_engine_openai_server.py``), token-id prompts give HFModel's log-likelihoods within 1e-4 and its greedy
+generations (docs/scale.md, "Against a real server").
 """
 
 from __future__ import annotations
@@ -194,7 +199,7 @@ class OpenAIEngine:
     # ----- identity -------------------------------------------------------------------------------------------------
     @property
     def n_forward(self) -> int:
-        """HTTP requests answered so far (retries not counted)."""
+        """Completion requests answered so far (retries and ``GET /v1/models`` not counted)."""
         return self._requests
 
     def fingerprint(self) -> str:
@@ -238,41 +243,69 @@ class OpenAIEngine:
         """POST ``body`` (``model`` added) to the endpoint and return the JSON reply, retrying transient failures.
 
         Raises:
-            ServerError: an HTTP error status (after the retries, for a retried one), with the server's reply.
+            ServerError: an HTTP error status (after the retries, for a retried one), with the server's reply; an
+                HTTP 404 names the models the server serves (from ``GET /v1/models``) where it lists them.
             ConfigError: the server cannot be reached, or its reply is not a JSON object.
         """
         data = json.dumps({"model": self.model, **body}, ensure_ascii=False).encode("utf-8")
+        try:
+            return self._call(self.endpoint, data)
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            try:
+                served = sorted(self.served_models())
+            except ConfigError:
+                raise exc from None
+            raise ServerError(f"{exc} The server serves {served}: give one of them as the model (in a study, map "
+                              "the quant label to it in engine_options.models).", exc.status, exc.reply) from None
+
+    def served_models(self) -> dict[str, int | None]:
+        """The models the server serves (``GET /v1/models``): name -> context length (vLLM's ``max_model_len``; None
+        where the server does not say).
+
+        Raises:
+            ServerError: an HTTP error status (a server without the route answers 404).
+            ConfigError: the server cannot be reached, or its reply lists no models.
+        """
+        reply = self._call(self.endpoint[: -len("completions")] + "models", None)
+        data = reply.get("data")
+        if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+            raise ConfigError(f"OpenAIEngine: {self.endpoint} lists no models: {json.dumps(reply)[:300]}")
+        return {m["id"]: m.get("max_model_len") if isinstance(m.get("max_model_len"), int) else None for m in data}
+
+    def _call(self, url: str, data: bytes | None) -> dict[str, Any]:
+        """The JSON object ``url`` answers to a POST of ``data`` (a GET when None), retrying transient failures."""
         headers = self._headers()
         for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
+            request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as resp:
                     raw = resp.read().decode("utf-8", "replace")
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode("utf-8", "replace")[:500]
                 if exc.code in RETRY_STATUSES and attempt < self.max_retries:
-                    log.warning("OpenAIEngine: HTTP %d from %s; retrying.", exc.code, self.endpoint)
+                    log.warning("OpenAIEngine: HTTP %d from %s; retrying.", exc.code, url)
                     time.sleep(self._delay(attempt, exc.headers.get("Retry-After") if exc.headers else None))
                     continue
-                raise ServerError(f"OpenAIEngine: HTTP {exc.code} from {self.endpoint}: {detail}", exc.code, detail) from None
+                raise ServerError(f"OpenAIEngine: HTTP {exc.code} from {url}: {detail}", exc.code, detail) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 if attempt < self.max_retries:
-                    log.warning("OpenAIEngine: %s from %s; retrying.", exc, self.endpoint)
+                    log.warning("OpenAIEngine: %s from %s; retrying.", exc, url)
                     time.sleep(self._delay(attempt, None))
                     continue
-                raise ConfigError(
-                    f"OpenAIEngine: cannot reach {self.endpoint} after {self.max_retries + 1} attempts: {exc}"
-                ) from None
+                raise ConfigError(f"OpenAIEngine: cannot reach {url} after {self.max_retries + 1} attempts: {exc}") from None
             try:
                 reply = json.loads(raw)
             except json.JSONDecodeError:
                 reply = None
             if not isinstance(reply, dict):
-                raise ConfigError(f"OpenAIEngine: the reply of {self.endpoint} is not a JSON object: {raw[:300]}")
-            with self._lock:
-                self._requests += 1
+                raise ConfigError(f"OpenAIEngine: the reply of {url} is not a JSON object: {raw[:300]}")
+            if data is not None:
+                with self._lock:
+                    self._requests += 1
             return reply
-        raise ConfigError(f"OpenAIEngine: no request sent to {self.endpoint} (max_retries={self.max_retries}).")
+        raise ConfigError(f"OpenAIEngine: no request sent to {url} (max_retries={self.max_retries}).")
 
     def _map(self, fn: Callable[[int], T], n: int) -> list[T]:
         """``[fn(0), ..., fn(n - 1)]`` with at most ``concurrency`` calls in flight; the first error cancels the rest."""
@@ -348,13 +381,31 @@ class OpenAIEngine:
                 n -= generated if isinstance(generated, int) and 0 <= generated <= n else max_tokens
         greedy: list[bool | None] = []
         logprobs: list[float | None] = []
-        for value, top in zip(values[:n], tops[:n]):
+        ranks = self._ranks(choice.get("prompt_logprobs"), prompt)
+        for j, (value, top) in enumerate(zip(values[:n], tops[:n])):
             logprobs.append(None if value is None else float(value))
             if value is None or not isinstance(top, dict) or not top:
                 greedy.append(None)
+            elif ranks is not None and ranks[j] is not None:
+                greedy.append(ranks[j] == 1)
             else:
                 greedy.append(float(value) >= max(float(v) for v in top.values()))
         return Echo(tokens[:n], logprobs, greedy)
+
+    @staticmethod
+    def _ranks(table: Any, prompt: Prompt) -> list[int | None] | None:
+        """The rank of each prompt token from vLLM's ``prompt_logprobs`` (keyed by token id), for a token-id prompt.
+
+        The ``top_logprobs`` of the OpenAI format are keyed by token *text*, which two tokens can share and which
+        ties cannot break; vLLM's ranks are exact. None where the reply has no such table."""
+        if not isinstance(prompt, list) or not isinstance(table, list) or len(table) != len(prompt):
+            return None
+        ranks: list[int | None] = []
+        for entry, token in zip(table, prompt):
+            info = entry.get(str(token)) if isinstance(entry, dict) else None
+            rank = info.get("rank") if isinstance(info, dict) else None
+            ranks.append(rank if isinstance(rank, int) else None)
+        return ranks
 
     def _scored(self, echo: Echo, positions: Sequence[int], what: str) -> tuple[float, bool, int]:
         total, is_greedy = 0.0, True
@@ -456,12 +507,15 @@ class OpenAIEngine:
         return self._map(lambda i: self._rolling_one(reqs[i]), len(reqs))
 
     def _generate_one(self, req: GenerateRequest) -> str:
+        if req.max_new_tokens <= 0:  # as HFModel; servers refuse max_tokens: 0 without echo
+            return ""
         prompt: Prompt = self._encode(req.context) if self.tokenizer is not None else req.context
         body: dict[str, Any] = {"prompt": prompt, "max_tokens": req.max_new_tokens, "temperature": req.temperature}
         if req.temperature > 0:
             body.update(top_p=req.top_p, seed=req.seed)
-        if req.stop:
-            body["stop"] = list(req.stop)[:MAX_STOP]
+        stop = [s for s in dict.fromkeys(req.stop) if s][:MAX_STOP]  # vLLM refuses "" (HTTP 400)
+        if stop:
+            body["stop"] = stop
         reply = self.post(body)
         text = self._choice(reply).get("text")
         if not isinstance(text, str):
