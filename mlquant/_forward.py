@@ -4,7 +4,8 @@
   key/value cache kept); the cache rows are then selected for every continuation of those contexts, and the
   continuations run on top with explicit position ids. The LM head is applied only at the scored positions.
 * ``rolling_logprobs``: log-likelihood of whole texts, LM head applied in chunks of positions.
-* ``generate_batched``: left-padded batched generation with stop strings.
+* ``generate_batched``: left-padded batched generation with stop strings: greedy requests through
+  :func:`mlquant._generate.greedy_rows` (finished rows leave the batch), sampled ones through ``model.generate``.
 """
 
 from __future__ import annotations
@@ -234,8 +235,15 @@ class _StopOnStrings:
 
 @torch.inference_mode()
 def generate_batched(model: ForwardModel, requests: Sequence[GenerateRequest], passes: Passes) -> list[str]:
-    """Generate for each request; requests with the same decoding parameters share left-padded batches."""
+    """Generate for each request; requests with the same decoding parameters share left-padded batches.
+
+    Greedy requests go through :func:`~mlquant._generate.greedy_rows` when the model's generation config is plain
+    greedy decoding (:func:`~mlquant._generate.plain_greedy`); sampled ones, and greedy ones on any other config,
+    through ``model.generate``. ``passes`` counts one pass per batch either way.
+    """
     from transformers import StoppingCriteriaList
+
+    from mlquant._generate import greedy_rows, plain_greedy
 
     tok = model.tokenizer
     device = model.device
@@ -246,10 +254,17 @@ def generate_batched(model: ForwardModel, requests: Sequence[GenerateRequest], p
     by_params: dict[tuple[Any, ...], list[int]] = {}
     for i, r in enumerate(requests):
         by_params.setdefault((r.stop, r.max_new_tokens, r.temperature, r.top_p, r.seed), []).append(i)
+    greedy = plain_greedy(model.torch_model)
     for (stop, max_new, temperature, top_p, seed), idxs in by_params.items():
         idxs = sorted(idxs, key=lambda i: -len(encoded[i]))
         for chunk in _batches(idxs, model.batch_size):
             rows = [encoded[i][-(model.max_length - max_new) :] for i in chunk]
+            if greedy and temperature <= 0:
+                new_ids = greedy_rows(model, rows, max_new_tokens=max_new, eos=eos, pad=pad, stop=stop)
+                passes.count += 1
+                for i, ids_i in zip(chunk, new_ids):
+                    results[i] = tok.decode(ids_i, skip_special_tokens=True)
+                continue
             ids, mask = _left_pad(rows, pad)
             width = ids.shape[1]
             kwargs: dict[str, Any] = {"do_sample": temperature > 0}
