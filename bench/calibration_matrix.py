@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration sources (comma-separated, e.g. flores:en:128,flores:ar:128) on --languages, "
                         "--sentences each, with coverage tables, written to --out")
     parser.add_argument("--also", default="", help="more run folders (comma-separated) whose cells join the matrix "
-                        "(parts of the grid run in parallel processes; quants already in --run are not read twice)")
+                        "(parts of the grid run in parallel processes; a (quant, task, language) cell read from an earlier folder is not read twice)")
     args = parser.parse_args(argv)
 
     import torch
@@ -190,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
 
         frames = [results.frame]
         for folder in folders[1:]:
+            # a (quant, task, language) cell already read from an earlier folder is not read twice; the same quant
+            # on other languages is (the grid is split over folders by method, source and language)
             more = mq.read_results(folder)
-            frames.append(more[~more["quant"].isin(set(pd.concat(frames)["quant"]))])
+            seen = pd.concat(frames)[["quant", "task", "lang"]].drop_duplicates()
+            fresh = more.merge(seen, on=["quant", "task", "lang"], how="left", indicator=True)["_merge"] == "left_only"
+            frames.append(more[fresh.to_numpy()])
             extra = folder / "bench_times.json"
             times += json.loads(extra.read_text()) if extra.is_file() else []
         results = mq.Results(pd.concat(frames, ignore_index=True))
