@@ -324,6 +324,10 @@ def test_an_unknown_model_name_lists_the_served_models(hf: Any) -> None:
         with pytest.raises(ServerError, match=r"HTTP 404.*does not exist.*serves \['tiny-served'\]") as err:
             engine.generate([GenerateRequest("x", max_new_tokens=2)])
         assert err.value.status == 404 and engine.n_forward == 0
+        for tokenizer in (hf.tokenizer, None):  # an echo request: the same error, not "does not echo"
+            with pytest.raises(ServerError, match=r"HTTP 404.*serves \['tiny-served'\]") as err:
+                OpenAIEngine(server.url, "tiny", tokenizer=tokenizer).loglikelihood([LoglikelihoodRequest("a", " b")])
+            assert "echo" not in str(err.value)
         right = OpenAIEngine(server.url, "tiny-served")
         assert right.generate([GenerateRequest("x", max_new_tokens=2)]) == hf.generate([GenerateRequest("x", max_new_tokens=2)])
     finally:

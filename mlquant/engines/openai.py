@@ -72,6 +72,8 @@ Prompt = str | list[int]
 
 #: HTTP statuses retried with exponential back-off (with connection errors and timeouts).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: HTTP statuses of an echo request that say nothing about echo (the key, the model name): raised as they are.
+NOT_ABOUT_ECHO = frozenset({401, 403, 404})
 #: Stop sequences sent to the server (OpenAI's limit); all of a request's are applied again to the text.
 MAX_STOP = 4
 
@@ -349,6 +351,8 @@ class OpenAIEngine:
         try:
             reply = self.post({**body, "max_tokens": max_tokens})
         except ServerError as exc:
+            if exc.status in NOT_ABOUT_ECHO:
+                raise
             if max_tokens != 0 or not self._auto_max_tokens or exc.status not in (400, 422):
                 raise self._no_echo(f"rejected an echo request (HTTP {exc.status})", exc.reply) from None
             log.info("OpenAIEngine: %s refused max_tokens=0 (%s); using max_tokens=1.", self.endpoint, exc.reply[:200])
