@@ -119,11 +119,12 @@ class ModelPool:
             return self._openai(spec).fingerprint()
         source = self.source()
         if source is not None and self.engine == "vllm":
-            from mlquant.engines.vllm import installed_vllm_version, vllm_fingerprint
+            from mlquant.engines.vllm import installed_vllm_version, vllm_fingerprint, vllm_kernel
 
             version = installed_vllm_version(self.engine_options.get("python"))
             dtype = str(self.engine_options.get("dtype") or spec.dtype)
-            return vllm_fingerprint(model_fingerprint(source, spec, "cpu"), version, dtype)
+            kernel = vllm_kernel(spec, str(self.engine_options.get("weights", "dense")))
+            return vllm_fingerprint(model_fingerprint(source, spec, "cpu"), version, dtype, kernel)
         if source is not None:
             return model_fingerprint(source, spec, self.device_kind())
         if not isinstance(self.model, str) and spec == self.model.spec:

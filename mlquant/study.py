@@ -58,7 +58,8 @@ STUDY_KEYS = {
     "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:<index> or mps (default cpu)",
     "device_map": "accelerate placement for a model larger than one device: auto, sequential, ... or a mapping",
     "engine": "what runs the model: hf (transformers, default), vllm (make vllm-venv) or openai (a server)",
-    "engine_options": "vllm {python, engine_args, dtype}; openai {base_url, models, ...}; both: batch_requests",
+    "engine_options": "vllm {python, engine_args, dtype, weights: dense|packed}; openai {base_url, models, ...}; "
+    "both: batch_requests",
 }
 
 #: The engines a study can run on (see mlquant.engines).
@@ -184,6 +185,11 @@ class Study:
         if not any(s.is_baseline for s in self.specs):
             raise ConfigError(f"study: quant {labels} has no baseline; add fp32, bf16 or fp16.")
         self.specs.sort(key=lambda s: not s.is_baseline)  # baselines first
+        if engine == "vllm":  # a spec vLLM cannot run (that way, or on this machine) fails before any model loads
+            from mlquant.engines._vllm_checkpoint import check_packed_runs_here, vllm_kernel
+
+            for spec in self.specs:
+                check_packed_runs_here(vllm_kernel(spec, str(self.engine_options.get("weights", "dense"))))
         if not isinstance(model, str) and any(not s.is_baseline for s in self.specs):
             from mlquant.models import HFModel
 
@@ -404,13 +410,15 @@ class Study:
 
     def engine_signature(self, spec: QuantSpec) -> str:
         """What produced a cell besides transformers: ``""`` for ``hf``; ``vllm@<version>:<kernel>-<dtype>`` (the
-        kernel is ``dense`` when vLLM runs float weights, ``compressed-tensors`` for its W8A8 / FP8 kernels; see
+        kernel is ``dense`` when vLLM runs float weights, ``compressed-tensors`` for its W8A8 / FP8 kernels,
+        ``compressed-tensors-w4a16`` for packed weight-only ones (``engine_options: {weights: packed}``); see
         :func:`mlquant.engines.vllm.vllm_kernel`); ``openai@<base url>``."""
         if self.engine == "vllm":
             from mlquant.engines.vllm import installed_vllm_version, vllm_kernel
 
             version = installed_vllm_version(self.engine_options.get("python"))
-            return f"vllm@{version}:{vllm_kernel(spec)}-{self.engine_options.get('dtype') or spec.dtype}"
+            kernel = vllm_kernel(spec, str(self.engine_options.get("weights", "dense")))
+            return f"vllm@{version}:{kernel}-{self.engine_options.get('dtype') or spec.dtype}"
         if self.engine == "openai":
             return f"openai@{self.engine_options.get('base_url')}"
         return ""

