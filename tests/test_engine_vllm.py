@@ -55,7 +55,7 @@ FAKE_WORKER = textwrap.dedent(
         if seen:
             with open(seen, "a") as fh:
                 fh.write(line)
-        if msg["op"] == "score":
+        if msg["op"] in ("score", "score_forced"):
             res = [{"logprobs": [-0.5] * (len(it["ids"]) - it["start"]),
                     "greedy": [t % 2 == 0 for t in it["ids"][it["start"]:]]} for it in msg["items"]]
             print(json.dumps({"ok": True, "results": res}), flush=True)
@@ -121,7 +121,7 @@ def test_loglikelihood_sends_hfmodels_ids(tiny: Any, fake_worker: Path, tmp_path
     seen = tmp_path / "seen.jsonl"
     reqs = [LoglikelihoodRequest("The cat sat on the ", "mat"), LoglikelihoodRequest("The cat sat on the", " hat."),
             LoglikelihoodRequest("x" * 600, "yz")]  # longer than max_length: truncated as HFModel truncates
-    with fake_engine(tiny, fake_worker, env={"FAKE_SEEN": str(seen)}, max_length=64) as model:
+    with fake_engine(tiny, fake_worker, env={"FAKE_SEEN": str(seen)}, max_length=64, forced_min_context=None) as model:
         assert isinstance(model, Model)
         out = model.loglikelihood(reqs)
         sent = json.loads(seen.read_text().splitlines()[0])
@@ -136,6 +136,24 @@ def test_loglikelihood_sends_hfmodels_ids(tiny: Any, fake_worker: Path, tmp_path
             assert res.is_greedy == all(t % 2 == 0 for t in cont)
         assert model.n_forward == 1  # one call for the whole list
         assert model.loglikelihood([]) == []
+
+
+def test_long_contexts_go_by_forced_decoding(tiny: Any, fake_worker: Path, tmp_path: Path) -> None:
+    """Contexts of >= forced_min_context tokens (continuations <= 16) are scored by the worker's score_forced op,
+    the others by prompt_logprobs; the answers come back in request order."""
+    seen = tmp_path / "seen.jsonl"
+    reqs = [LoglikelihoodRequest("p" * 40, " A"), LoglikelihoodRequest("short", " B"),
+            LoglikelihoodRequest("p" * 40, " " + "long continuation " * 2), LoglikelihoodRequest("q" * 50, " C")]
+    with fake_engine(tiny, fake_worker, env={"FAKE_SEEN": str(seen)}, forced_min_context=32) as model:
+        out = model.loglikelihood(reqs)
+    sent = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [m["op"] for m in sent] == ["score", "score_forced"]
+    assert [it["start"] for it in sent[1]["items"]] == [41, 51]  # BOS + 40 / 50 bytes
+    assert [len(it["ids"]) - it["start"] for it in sent[0]["items"]] == [2, 37]  # short context; long continuation
+    assert [r.n_tokens for r in out] == [2, 2, 37, 2]
+    with fake_engine(tiny, fake_worker, env={"FAKE_SEEN": str(seen)}, forced_min_context=None) as model:
+        model.loglikelihood(reqs)
+    assert json.loads(seen.read_text().splitlines()[-1])["op"] == "score"
 
 
 def test_rolling_windows_and_counts_match_hfmodel(tiny: Any, fake_worker: Path) -> None:

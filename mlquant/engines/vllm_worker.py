@@ -11,6 +11,12 @@ VERSION, "protocol": 1}``, then reads requests from stdin and answers each with 
 * ``{"op": "score", "items": [{"ids": [...], "start": s}, ...]}`` -> ``{"ok": true, "results": [{"logprobs":
   [...], "greedy": [...]}, ...]}``: log P(ids[j] | ids[:j]) for every j >= s (``prompt_logprobs`` of the prompt
   ``ids``), and whether ids[j] was the argmax (its rank is 1).
+* ``{"op": "score_forced", "items": [...]}`` -> the same answer, computed by forced decoding: each distinct context
+  ``ids[:start]`` is run once (it fills vLLM's prefix cache), then each continuation token ``ids[j]`` is one request
+  with the prompt ``ids[:j]``, one new token and ``logprob_token_ids=[ids[j]]``: its raw log-probability, and
+  whether the greedy token was ``ids[j]``. The LM head runs only at the scored positions, and a long context shared
+  by several continuations is computed once (``prompt_logprobs`` applies the head at every prompt position and does
+  not reuse the prefix cache).
 * ``{"op": "generate", "items": [{"ids": [...], "max_tokens": n, "stop": [...], "temperature": t, "top_p": p,
   "seed": s}, ...]}`` -> ``{"ok": true, "results": [{"token_ids": [...]}, ...]}``: the generated ids (the stop
   string's token included; the caller decodes and cuts), all prompts in one batch.
@@ -97,6 +103,29 @@ def score(llm: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return results
 
 
+def score_forced(llm: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`score`'s answer by forced decoding (see the module docstring); needs prefix caching to be fast."""
+    SamplingParams, TokensPrompt = _vllm().SamplingParams, _vllm("vllm.inputs").TokensPrompt
+
+    if not items:
+        return []
+    contexts = sorted({tuple(int(t) for t in item["ids"][: int(item["start"])]) for item in items})
+    warm = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+    llm.generate([TokensPrompt(prompt_token_ids=list(c)) for c in contexts], warm, use_tqdm=False)
+    jobs = [(k, j) for k, item in enumerate(items) for j in range(int(item["start"]), len(item["ids"]))]
+    params = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
+                             logprob_token_ids=[int(items[k]["ids"][j])]) for k, j in jobs]
+    prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in items[k]["ids"][:j]]) for k, j in jobs]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    results: list[dict[str, Any]] = [{"logprobs": [], "greedy": []} for _ in items]
+    for (k, j), output in zip(jobs, outputs):
+        target = int(items[k]["ids"][j])
+        sample = output.outputs[0]
+        results[k]["logprobs"].append(float(sample.logprobs[0][target].logprob))
+        results[k]["greedy"].append(int(sample.token_ids[0]) == target)
+    return results
+
+
 def generate(llm: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Generated token ids of each prompt, all prompts in one ``LLM.generate`` call."""
     SamplingParams, TokensPrompt = _vllm().SamplingParams, _vllm("vllm.inputs").TokensPrompt
@@ -127,11 +156,13 @@ def handle(llm: Any, message: dict[str, Any]) -> dict[str, Any]:
     op = message.get("op")
     if op == "score":
         return {"results": score(llm, message["items"])}
+    if op == "score_forced":
+        return {"results": score_forced(llm, message["items"])}
     if op == "generate":
         return {"results": generate(llm, message["items"])}
     if op == "info":
         return {"vllm": _vllm().__version__}
-    raise ValueError(f"unknown op {op!r}; expected score, generate or info")
+    raise ValueError(f"unknown op {op!r}; expected score, score_forced, generate or info")
 
 
 def main(argv: list[str]) -> int:
