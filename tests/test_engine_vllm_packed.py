@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_engine_vllm
 import torch
 from conftest import make_tiny
-from test_engine_vllm import FAKE_WORKER, needs_vllm
 
 import mlquant as mq
 from mlquant.engines import _vllm_checkpoint as ckpt
@@ -27,13 +27,8 @@ from mlquant.requests import LoglikelihoodRequest
 from mlquant.spec import QuantSpec
 
 AVX512 = frozenset({"avx2", "avx512f"})
-
-
-@pytest.fixture
-def fake_worker(tmp_path: Path) -> Path:
-    path = tmp_path / "fake_worker.py"
-    path.write_text(FAKE_WORKER)
-    return path
+fake_worker = test_engine_vllm.fake_worker  # the fixture (a stand-in worker script), shared with that file
+needs_vllm = test_engine_vllm.needs_vllm
 
 
 @pytest.fixture
