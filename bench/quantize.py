@@ -2,7 +2,7 @@
 
 Usage:
     MLQUANT_DATA_DIR=shared/data python bench/quantize.py [--threads N] [--methods gptq-w4g128,rtn-w4g128,...]
-        [--calibration flores:en:128] [--json out.json]
+        [--calibration flores:en:128] [--reference [--reference-only gguf] [--repeat 3]] [--json out.json]
 
 Each method runs once on a fresh copy of the model (quantize() copies it); the time includes the copy, the
 calibration forward passes and the per-layer report (which is also reported on its own for GPTQ). GPTQModel's
@@ -11,7 +11,13 @@ otherwise the script says so.
 
 ``--reference`` also times, on the same 126 decoder weights, mlquant's quantize-dequantize of the formats a
 reference package implements against that package (hqq's ``Quantizer``; compressed-tensors' NVFP4 / MXFP4
-fake-quant; gguf's Q8_0 ``quantize`` + ``dequantize``), and checks that both give the same weights.
+fake-quant; gguf's numpy ``quantize`` + ``dequantize`` of Q8_0 and of the legacy types Q4_0 / Q4_1 / Q5_0 / Q5_1,
+which the k-quant mixes fall back to), and checks that both give the same weights. ``--reference-only gguf``
+(comma-separated substrings of the case names) keeps some of them, and with ``--methods ''`` nothing else runs.
+Each side is timed ``--repeat`` times (default 3), alternating, and the best wall and best process-CPU seconds
+are reported: on a shared machine the CPU time is the fairer figure. For GGUF, mlquant is timed twice: the path
+``quantize()`` runs (:func:`~mlquant.quantize.kquant.fake_quantize_gguf`, no bytes) and the bytes and back
+(:func:`~mlquant.quantize.kquant.quantize_tensor` then :func:`~mlquant.quantize.kquant.dequantize_tensor`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import resource
 import sys
@@ -35,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--reference", action="store_true", help="time the reference packages on the same weights")
+    parser.add_argument("--reference-only", default="",
+                        help="with --reference: keep the cases whose name contains one of these comma-separated "
+                             "strings (e.g. 'gguf', 'hqq,nvfp4')")
+    parser.add_argument("--repeat", type=int, default=3, help="with --reference: best of this many timings")
     parser.add_argument("--calibration", default="flores:en:128")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
@@ -52,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     n_linear = sum(1 for n, m in model.torch_model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n)
     rows = []
     print(f"# Gemma 3 270M, {n_linear} decoder Linear layers; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; load {load_s:.1f} s, rss {_rss_mib():.0f} MiB", flush=True)
+          f"{platform.processor() or platform.machine()}; load {load_s:.1f} s, rss {_rss_mib():.0f} MiB; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     for label in [m for m in args.methods.split(",") if m]:
         spec = mq.QuantSpec.parse(label)
         kw = {"calibration": args.calibration} if "calibration" in _calibrated(spec.method) else {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         q = mq.quantize(model, label, **kw)
-        total = time.perf_counter() - t0
+        total, cpu_total = time.perf_counter() - t0, time.process_time() - c0
         report = q.quant_report
         if report is None:
             t1 = time.perf_counter()
@@ -71,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "label": q.spec.label,
             "seconds_total": round(total, 2),
+            "cpu_seconds_total": round(cpu_total, 2),
             "seconds_report": round(report_s, 2),
             "seconds_layers": round(float(report["seconds"].sum()), 2) if report["seconds"].notna().any() else None,
             "mean_output_rel_err": round(float(report["output_rel_err"].mean()), 5),
@@ -84,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         weights = [m.weight.detach().float() for n, m in model.torch_model.named_modules()
                    if isinstance(m, torch.nn.Linear) and ".layers." in n]
-        for row in reference_timings(weights):
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        only = [k for k in args.reference_only.split(",") if k]
+        rows += reference_timings(weights, only=only, repeat=args.repeat)
     if importlib.util.find_spec("gptqmodel") is None or not torch.cuda.is_available():
         print("# GPTQModel: not timed (needs `pip install gptqmodel` with a CUDA build of torch >= 2.14.1; "
               "this machine has " + ("no CUDA" if not torch.cuda.is_available() else "no gptqmodel") + ")")
@@ -94,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print("# GPTQModel is installed with CUDA: time it with its own CLI on the same model and calibration text.")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"load_seconds": load_s, "threads": torch.get_num_threads(), "rows": rows}, fh, indent=2)
+            json.dump({"load_seconds": load_s, "threads": torch.get_num_threads(), "rows": rows,
+                       "load_average_end": os.getloadavg()}, fh, indent=2)
     return 0
 
 
@@ -110,21 +123,42 @@ DEFAULT_METHODS = (
 )
 
 
-def _timed(fn: Any, weights: list[Any]) -> tuple[float, list[Any]]:
-    t0 = time.perf_counter()
+def _timed(fn: Any, weights: list[Any]) -> tuple[float, float, list[Any]]:
+    """(wall seconds, process CPU seconds, outputs) of ``fn`` over the weights."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = [fn(w) for w in weights]
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
-def reference_timings(weights: list[Any]) -> list[dict[str, Any]]:
-    """mlquant vs the reference package on the same weights: seconds of each, and the largest weight difference."""
+def _gguf_cases(torch: Any) -> list[tuple[str, Any, dict[str, Any]]]:
+    import importlib.metadata
+
+    import gguf
+
+    from mlquant.quantize.kquant import dequantize_tensor, fake_quantize_gguf, quantize_tensor
+
+    version = importlib.metadata.version("gguf")
+    def ref(qtype: str) -> Any:
+        t = gguf.GGMLQuantizationType[qtype]
+        return lambda w: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), t), t))
+
+    cases = []
+    for qtype in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
+        ours = {"mlquant": lambda w, q=qtype: fake_quantize_gguf(w, q),
+                "mlquant_bytes": lambda w, q=qtype: dequantize_tensor(quantize_tensor(w, q), q)}
+        cases.append((f"gguf {qtype} (gguf {version} quants.quantize+dequantize, numpy)", ref(qtype), ours))
+    return cases
+
+
+def reference_timings(weights: list[Any], only: list[str] | None = None, repeat: int = 3) -> list[dict[str, Any]]:
+    """mlquant vs the reference package on the same weights: best wall and CPU seconds of each (``repeat`` runs,
+    alternating), and the largest weight difference. ``only``: keep the cases whose name contains one of these."""
     import torch
 
     from mlquant.quantize.fp4 import mxfp4_fake_quant, nvfp4_fake_quant
     from mlquant.quantize.hqq import hqq_fake_quantize
-    from mlquant.quantize.kquant import dequantize_tensor, quantize_tensor
 
-    cases: list[tuple[str, Any, Any]] = []
+    cases: list[tuple[str, Any, dict[str, Any]]] = []
     if importlib.util.find_spec("hqq") is not None:
         from hqq.core.quantize import Quantizer
 
@@ -134,7 +168,7 @@ def reference_timings(weights: list[Any]) -> list[dict[str, Any]]:
             meta["compute_dtype"] = torch.float32
             return Quantizer.dequantize(q, meta)
 
-        cases.append(("hqq-w4g64 (hqq 0.2.8 Quantizer)", lambda w: hqq_fake_quantize(w, 4, 64), hqq_ref))
+        cases.append(("hqq-w4g64 (hqq 0.2.8 Quantizer)", hqq_ref, {"mlquant": lambda w: hqq_fake_quantize(w, 4, 64)}))
     if importlib.util.find_spec("compressed_tensors") is not None:
         from compressed_tensors.quantization.lifecycle.forward import fake_quantize
         from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
@@ -149,22 +183,33 @@ def reference_timings(weights: list[Any]) -> list[dict[str, Any]]:
                 return fake_quantize(w, scale, zp, qargs, global_scale=g)
             return run
 
-        cases.append(("nvfp4 (compressed-tensors fake_quantize)", nvfp4_fake_quant, ct_ref("NVFP4", 16)))
-        cases.append(("mxfp4 vllm rule (compressed-tensors fake_quantize)", lambda w: mxfp4_fake_quant(w, "vllm"),
-                      ct_ref("MXFP4", 32)))
-    import gguf
-
-    cases.append(("gguf Q8_0 (gguf.quants quantize+dequantize)",
-                  lambda w: dequantize_tensor(quantize_tensor(w, "Q8_0"), "Q8_0"),
-                  lambda w: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0),
-                                                                    gguf.GGMLQuantizationType.Q8_0))))
+        cases.append(("nvfp4 (compressed-tensors fake_quantize)", ct_ref("NVFP4", 16), {"mlquant": nvfp4_fake_quant}))
+        cases.append(("mxfp4 vllm rule (compressed-tensors fake_quantize)", ct_ref("MXFP4", 32),
+                      {"mlquant": lambda w: mxfp4_fake_quant(w, "vllm")}))
+    cases += _gguf_cases(torch)
+    if only:
+        cases = [c for c in cases if any(k.lower() in c[0].lower() for k in only)]
     rows = []
-    for name, ours, ref in cases:
-        t_ours, a = _timed(ours, weights)
-        t_ref, b = _timed(ref, weights)
-        diff = max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
-        rows.append({"reference": name, "seconds_mlquant": round(t_ours, 2), "seconds_reference": round(t_ref, 2),
-                     "max_abs_weight_diff": diff})
+    for name, ref, ours in cases:
+        best: dict[str, list[float]] = {}
+        outputs: dict[str, list[Any]] = {}
+        for _ in range(max(1, repeat)):
+            for key, fn in [*ours.items(), ("reference", ref)]:
+                wall, cpu, out = _timed(fn, weights)
+                old = best.get(key, [float("inf"), float("inf")])
+                best[key] = [min(old[0], wall), min(old[1], cpu)]
+                outputs[key] = out
+                del out
+        row: dict[str, Any] = {"reference": name, "repeat": max(1, repeat)}
+        for key, (wall, cpu) in best.items():
+            row[f"seconds_{key}"] = round(wall, 2)
+            row[f"cpu_seconds_{key}"] = round(cpu, 2)
+        for key in ours:
+            row[f"max_abs_weight_diff_{key}"] = max(float((x.float() - y.float()).abs().max())
+                                                    for x, y in zip(outputs[key], outputs["reference"]))
+        row["load_average_1min"] = round(os.getloadavg()[0], 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 

@@ -56,6 +56,32 @@ def test_dequantization_equals_gguf(qtype: str, use_imatrix: bool) -> None:
     assert np.array_equal(fake_quantize_gguf(w, qtype, imatrix).numpy(), ref)
 
 
+def test_roundf_rounds_half_away_from_zero_like_c() -> None:
+    from mlquant.quantize._kquant_search import roundf
+
+    under_half = np.nextafter(np.float32(0.5), np.float32(0))  # 0.49999997: v + 0.5 would round it up to 1
+    v = np.array([0.0, under_half, 0.5, 1.5, 2.5, 126.5, 127.49999, 2.0**22 + 0.5, 2.0**23 + 1, 1e30, 1e-40],
+                 dtype=np.float32)
+    v = np.concatenate([v, -v])
+    expected = np.sign(v) * np.floor(np.abs(v).astype(np.float64) + 0.5)  # exact in float64: C's roundf
+    assert np.array_equal(roundf(torch.from_numpy(v)).numpy(), expected.astype(np.float32))
+    small = torch.from_numpy(v[np.abs(v) < 127.5])
+    assert torch.equal(roundf(small, torch.int8), torch.from_numpy(expected[np.abs(v) < 127.5]).to(torch.int8))
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q5_1", "Q4_K"])
+def test_many_chunks_give_the_same_weights(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    kquant = importlib.import_module("mlquant.quantize.kquant")
+    w = _weights(rows=20)
+    whole, fake = quantize_tensor(w, qtype), fake_quantize_gguf(w, qtype)
+    monkeypatch.setattr(kquant, "_CHUNK", 3 * 512)  # 3 rows at a time: 7 chunks, the last one short
+    assert np.array_equal(quantize_tensor(w, qtype), whole)
+    assert torch.equal(fake_quantize_gguf(w, qtype), fake)
+    assert np.array_equal(fake.numpy(), gguf.quants.dequantize(whole, T[qtype]))
+
+
 def test_error_ordering_and_bits() -> None:
     w = torch.randn(64, 512, generator=torch.Generator().manual_seed(2))
     order = ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]

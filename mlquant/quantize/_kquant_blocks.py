@@ -32,7 +32,7 @@ from mlquant.quantize._kquant_search import (
     seq_sum,
 )
 
-__all__ = ["BLOCK_TYPES", "dequantize_blocks", "quantize_blocks"]
+__all__ = ["BLOCK_TYPES", "dequantize_blocks", "fake_quantize_blocks", "q8_0_levels", "quantize_blocks"]
 
 #: GGUF type -> (weights per block, bytes per block).
 BLOCK_TYPES: dict[str, tuple[int, int]] = {
@@ -67,8 +67,8 @@ def _nibbles(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """[nb, 8k] of 0/1 -> [nb, k] bytes, bit t of byte j = bits[8j + t] (little-endian bit order)."""
-    shifts = torch.arange(8)
-    return _u8((bits.long().reshape(bits.shape[0], -1, 8) << shifts).sum(-1))
+    shifts = torch.arange(8, dtype=_U8)
+    return (bits.to(_U8).reshape(bits.shape[0], -1, 8) << shifts).sum(-1, dtype=_U8)
 
 
 def _crumbs(L: torch.Tensor) -> torch.Tensor:
@@ -97,11 +97,25 @@ def _requant(x: torch.Tensor, d: torch.Tensor, dm: torch.Tensor | None, L: torch
 
 
 # ----- 32-weight formats --------------------------------------------------------------------------------------------
+def q8_0_levels(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q8_0's scale ``d`` [nb] (float32, before its fp16 rounding) and levels [nb, 32] (int8) of blocks ``x``.
+
+    ``quantize_row_q8_0_ref``: ``d = amax / 127``, ``q = roundf(x * (1 / d))``. Written for speed (it is the whole
+    cost of Q8_0): ``amax`` rather than ``max(...).values`` (no indices), and the rounding cast straight to int8
+    (``|x * (1 / d)|`` is 127 up to a few rounding errors: far from 127.5, whose 128 would not fit).
+    """
+    d = x.abs().amax(dim=1).div_(c_float(127))
+    nz = d != 0
+    inv = torch.where(nz, c_float(1) / torch.where(nz, d, c_float(1)), c_float(0))
+    return d, roundf(x * inv[:, None], torch.int8)
+
+
 def _q8_0(x: torch.Tensor) -> torch.Tensor:
-    d = x.abs().max(dim=1).values / c_float(127)
-    inv = torch.where(d != 0, c_float(1) / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-    q = roundf(x * inv[:, None]).to(torch.int8)
-    return torch.cat([_f16_bytes(d), q.view(_U8)], dim=1)
+    d, q = q8_0_levels(x)
+    out = torch.empty(x.shape[0], 34, dtype=_U8)
+    out[:, :2] = _f16_bytes(d)
+    out[:, 2:] = q.view(_U8)
+    return out
 
 
 def _symmetric_legacy(
@@ -131,21 +145,17 @@ def _asymmetric_legacy(
     return d, mn, q
 
 
-def _high_bits(q: torch.Tensor) -> torch.Tensor:
-    return _pack_bits((q.long() >> 4) & 1)
-
-
 def _legacy(x: torch.Tensor, qtype: str, qw: torch.Tensor | None, sigma2: torch.Tensor | None) -> torch.Tensor:
-    half = 16
     if qtype in ("Q4_0", "Q5_0"):
         d, q = _symmetric_legacy(x, 8 if qtype == "Q4_0" else 16, qw, sigma2)
-        qs = _nibbles(q[:, :half].long() & 0xF, q[:, half:].long() & 0xF)
-        parts = [_f16_bytes(d)] + ([_high_bits(q)] if qtype == "Q5_0" else []) + [qs]
-        return torch.cat(parts, dim=1)
-    d, m, q = _asymmetric_legacy(x, 15 if qtype == "Q4_1" else 31, qw, sigma2)
-    qs = _nibbles(q[:, :half].long() & 0xF, q[:, half:].long() & 0xF)
-    parts = [_f16_bytes(d), _f16_bytes(m)] + ([_high_bits(q)] if qtype == "Q5_1" else []) + [qs]
-    return torch.cat(parts, dim=1)
+        head = [_f16_bytes(d)]
+    else:
+        d, m, q = _asymmetric_legacy(x, 15 if qtype == "Q4_1" else 31, qw, sigma2)
+        head = [_f16_bytes(d), _f16_bytes(m)]
+    q8 = q.to(_U8)  # levels in [0, 31]: the byte arithmetic needs no wider type
+    qs = (q8[:, :16] & 0xF) | ((q8[:, 16:] & 0xF) << 4)
+    high = [_pack_bits(q8 >> 4)] if qtype in ("Q5_0", "Q5_1") else []
+    return torch.cat([*head, *high, qs], dim=1)
 
 
 # ----- k-quants (super-blocks of 256) -----------------------------------------------------------------------------
@@ -318,6 +328,28 @@ def quantize_blocks(x: torch.Tensor, qtype: str, qw: torch.Tensor | None, sigma2
     raise ValueError(f"no block quantizer for GGUF type {qtype!r}; expected one of {sorted(BLOCK_TYPES)}.")
 
 
+def fake_quantize_blocks(x: torch.Tensor, qtype: str, qw: torch.Tensor | None, sigma2: torch.Tensor | None) -> torch.Tensor:
+    """Blocks ``x`` quantized to ``qtype`` and dequantized back (float32, ``x``'s shape): equal, bit for bit, to
+    ``dequantize_blocks(quantize_blocks(x, qtype, qw, sigma2), qtype)``.
+
+    Q8_0 and the 32-weight legacy types skip the bytes: their levels never wrap when packed, so ``d * (q - nmax)``
+    (``d * q + m``) with ``d`` and ``m`` rounded through fp16 is what the dequantizer computes from the bytes.
+    The k-quants are packed and unpacked (their scales are stored in 4 or 6 bits).
+    """
+    x = x.float().contiguous()
+    if qtype == "Q8_0":
+        d, q8 = q8_0_levels(x)
+        return q8 * _f16(d)[:, None]
+    if qtype in ("Q4_0", "Q5_0"):
+        nmax = 8 if qtype == "Q4_0" else 16
+        d, q = _symmetric_legacy(x, nmax, qw, sigma2)
+        return _f16(d)[:, None] * (q - nmax)
+    if qtype in ("Q4_1", "Q5_1"):
+        d, m, q = _asymmetric_legacy(x, 15 if qtype == "Q4_1" else 31, qw, sigma2)
+        return _f16(d)[:, None] * q + _f16(m)[:, None]
+    return dequantize_blocks(quantize_blocks(x, qtype, qw, sigma2), qtype)
+
+
 # ----- dequantization (operation order of gguf.quants) ------------------------------------------------------------
 def _dq_legacy(b: torch.Tensor, qtype: str) -> torch.Tensor:
     nb = b.shape[0]
@@ -327,15 +359,13 @@ def _dq_legacy(b: torch.Tensor, qtype: str) -> torch.Tensor:
     if qtype in ("Q4_1", "Q5_1"):
         m = _read_f16(b[:, 2:4])[:, None]
         pos = 4
-    high = torch.zeros(nb, 32, dtype=torch.long)
+    qs = b[:, pos + 4 * (qtype in ("Q5_0", "Q5_1")) :]
+    q = torch.cat([qs & 0xF, qs >> 4], dim=1)  # uint8 levels
     if qtype in ("Q5_0", "Q5_1"):
-        high = ((b[:, pos : pos + 4].long().reshape(nb, 4, 1) >> torch.arange(8)) & 1).reshape(nb, 32) << 4
-        pos += 4
-    qs = b[:, pos : pos + 16].long()
-    q = torch.cat([qs & 0xF, qs >> 4], dim=1) | high
+        q |= ((b[:, pos : pos + 4].reshape(nb, 4, 1) >> torch.arange(8, dtype=_U8)) & 1).reshape(nb, 32) << 4
     if m is not None:
         return d * q.float() + m
-    return d * (q - (8 if qtype == "Q4_0" else 16)).float()
+    return d * (q.float() - (8 if qtype == "Q4_0" else 16))
 
 
 def _dq_k(b: torch.Tensor, qtype: str) -> torch.Tensor:
@@ -376,8 +406,8 @@ def dequantize_blocks(b: torch.Tensor, qtype: str) -> torch.Tensor:
         raise ValueError(f"no block dequantizer for GGUF type {qtype!r}; expected one of {sorted(BLOCK_TYPES)}.")
     if b.ndim != 2 or b.shape[1] != BLOCK_TYPES[qtype][1]:
         raise ValueError(f"{qtype} blocks must be [n, {BLOCK_TYPES[qtype][1]}] bytes, got {tuple(b.shape)}.")
-    if qtype == "Q8_0":
-        return b[:, 2:].contiguous().view(torch.int8).float() * _read_f16(b[:, 0:2])[:, None]
+    if qtype == "Q8_0":  # int8 * float32 is computed in float32: (float) q * d, as gguf does
+        return b[:, 2:].view(torch.int8) * _read_f16(b[:, 0:2])[:, None]
     if BLOCK_TYPES[qtype][0] == 32:
         return _dq_legacy(b, qtype)
     return _dq_k(b, qtype)

@@ -49,10 +49,24 @@ def nearest_int(v: torch.Tensor) -> torch.Tensor:
     return torch.round(v)
 
 
-def roundf(v: torch.Tensor) -> torch.Tensor:
-    """C's ``roundf``: round half away from zero (exact: ``v - trunc(v)`` is exact in float)."""
-    t = torch.trunc(v)
-    return t + torch.where((v - t).abs() >= 0.5, torch.sign(v), torch.zeros_like(v))
+#: The float32 just under 0.5 (0.5 - 2**-25).
+_UNDER_HALF = float(np.nextafter(np.float32(0.5), np.float32(0)))
+
+
+def roundf(v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """C's ``roundf`` (round half away from zero): ``trunc(v + copysign(0.49999997, v))``.
+
+    Exact for every float32: ``v + 0.5`` would round 0.49999997 up to 1, but with the float just under 0.5 a sum
+    rounds across an integer only where ``v``'s fraction is at least 0.5 (checked against the textbook
+    ``trunc(v) + (|v - trunc(v)| >= 0.5) * sign(v)`` on every float32 in [-128, 128]).
+
+    Args:
+        v: float32 values.
+        dtype: an integer dtype to return, the cast doing the truncation (the caller guarantees the values fit);
+            None: float, truncated by ``torch.trunc``.
+    """
+    t = v + torch.copysign(torch.tensor(_UNDER_HALF, dtype=_F), v)
+    return torch.trunc(t) if dtype is None else t.to(dtype)
 
 
 def seq_sum(t: torch.Tensor) -> torch.Tensor:
