@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 
     from mlquant.models import HFModel
 
-__all__ = ["AWQ_DEFAULTS", "AWQQuantizer", "InputScale", "asym_alias", "check_fields", "run_awq"]
+__all__ = ["AWQ_DEFAULTS", "AWQQuantizer", "InputScale", "asym_alias", "check_fields", "check_groups_divide", "run_awq"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ CALIBRATION_BATCH = 16
 LINEAR_IN_V_AND_UP = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text"})
 #: Attribute set on a Linear whose input is multiplied by ``1/s`` by an :class:`InputScale` pre-hook.
 INPUT_SCALE_ATTR = "mlquant_awq_input_scale"
-#: Labels registered with the asymmetric grid (AWQ's default; see :class:`AWQQuantizer`).
+#: Labels registered as aliases (same fields as the general rule gives; kept for their fingerprints, see
+#: :class:`AWQQuantizer`).
 AWQ_LABELS = ("awq-w4g128", "awq-w3g128", "awq-w4g64", "awq-w4g32", "awq-w4")
 
 
@@ -430,12 +431,7 @@ def run_awq(
     layers = decoder_layers(torch_model)
     chosen = set(range(len(layers)) if blocks is None else blocks)
     names = {id(m): n for n, m in torch_model.named_modules()}
-    for index in sorted(chosen):
-        for _, m in block_linears(layers[index]):
-            if group and m.in_features % group:
-                raise ConfigError(
-                    f"awq: group_size={group} does not divide in_features={m.in_features} of {names[id(m)]}."
-                )
+    check_groups_divide([(names[id(m)], m) for i in sorted(chosen) for _, m in block_linears(layers[i])], group, "awq")
     model_type = str(getattr(torch_model.config, "model_type", ""))
     batches = capture_block_inputs(torch_model, seqs, pad, CALIBRATION_BATCH)
     if not batches:
@@ -499,9 +495,11 @@ def _original_weight(m: Any) -> torch.Tensor:
 class AWQQuantizer:
     """AWQ (``awq-w4g128``, ``awq-w3g128``, ``awq-w4g128@flores:ja:128``), asymmetric by default.
 
-    The spec's ``symmetric`` field defaults to True in :mod:`mlquant.spec` whatever the method, so the asymmetric
-    default is carried by the registered labels (:data:`AWQ_LABELS`), each an alias with ``symmetric=False``; other
-    group sizes are asked for with ``symmetric=False`` (``QuantSpec.parse("awq-w4g256", symmetric=False)``).
+    Every ``awq-w<bits>[g<group>]`` label parses by :mod:`mlquant.spec`'s general rule on this method's default grid
+    (``default_symmetric`` False: ``awq-w4g256`` is asymmetric). The labels of :data:`AWQ_LABELS` are registered as
+    aliases as well: they give the same fields, and they are kept because an alias stores its label as the spec's
+    ``name``, which :meth:`~mlquant.spec.QuantSpec.to_dict` includes (the model fingerprint, a run's ``study.yaml``):
+    without them, runs made with these labels would get other fingerprints and refuse to resume.
     """
 
     name: ClassVar[str] = "awq"
@@ -548,6 +546,34 @@ def check_fields(spec: QuantSpec, method: str) -> None:
     canonical = f"{method}-w{spec.w_bits}" + (f"g{spec.group_size}" if spec.group_size else "")
     if spec.name is not None and spec.name != canonical:
         raise ConfigError(f"{method}: label {spec.name!r} does not match w_bits={spec.w_bits}, group_size={spec.group_size}.")
+
+
+def check_groups_divide(linears: Iterable[tuple[str, Any]], group_size: int | None, method: str) -> None:
+    """Shape check shared by AWQ and HQQ, before any work: ``group_size`` divides every Linear's input features.
+
+    Args:
+        linears: (module name, Linear) pairs.
+        group_size: the spec's group size (None: one group per row, always fine).
+        method: the method name the message starts with.
+
+    Raises:
+        ConfigError: naming the group size, the first Linear it does not divide and its ``in_features``.
+
+    Example:
+        >>> import torch
+        >>> check_groups_divide([("a", torch.nn.Linear(64, 8))], 32, "hqq")
+        >>> check_groups_divide([("a", torch.nn.Linear(64, 8))], 128, "hqq")
+        Traceback (most recent call last):
+        ...
+        mlquant.errors.ConfigError: hqq: group_size=128 does not divide in_features=64 of a.
+    """
+    if not group_size:
+        return
+    for name, linear in linears:
+        if linear.in_features % group_size:
+            raise ConfigError(
+                f"{method}: group_size={group_size} does not divide in_features={linear.in_features} of {name}."
+            )
 
 
 def asym_alias(label: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from mlquant.errors import ConfigError
 from mlquant.quantize import Transformed
 from mlquant.quantize._common import check_options, check_range, option, quantizable_linears
-from mlquant.quantize.awq import asym_alias, check_fields
+from mlquant.quantize.awq import asym_alias, check_fields, check_groups_divide
 from mlquant.spec import QuantSpec, register_quantizer
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ HQQ_DEFAULTS: dict[str, Any] = {
     "kappa": 1.0,
     "iters": 20,
 }
-#: Labels registered with the asymmetric grid (HQQ has no other; see :class:`HQQQuantizer`).
+#: Labels registered as aliases (same fields as the general rule gives; kept for their fingerprints, see
+#: :class:`HQQQuantizer`).
 HQQ_LABELS = ("hqq-w4g64", "hqq-w3g64", "hqq-w2g64", "hqq-w4g128", "hqq-w8g64", "hqq-w4")
 
 
@@ -134,9 +135,9 @@ def lp_error(w: torch.Tensor, w_hat: torch.Tensor, p: float = 0.7) -> float:
 class HQQQuantizer:
     """HQQ (``hqq-w4g64``, ``hqq-w3g64``, ``hqq-w4g64-lp_norm0.5``): calibration-free, asymmetric only.
 
-    The spec's ``symmetric`` field defaults to True in :mod:`mlquant.spec` whatever the method, so the registered
-    labels (:data:`HQQ_LABELS`) are aliases with ``symmetric=False``; other group sizes are asked for with
-    ``symmetric=False`` (``QuantSpec.parse("hqq-w4g32", symmetric=False)``).
+    Every ``hqq-w<bits>[g<group>]`` label parses on the asymmetric grid (``default_symmetric`` False); the labels of
+    :data:`HQQ_LABELS` are also aliases, kept for the fingerprints of the runs made with them (as AWQ's, see
+    :class:`~mlquant.quantize.awq.AWQQuantizer`).
     """
 
     name: ClassVar[str] = "hqq"
@@ -168,9 +169,7 @@ class HQQQuantizer:
         opts = {k: option(spec, self.option_defaults, k) for k in self.option_defaults}
         bits, group = int(spec.w_bits or 4), spec.group_size
         linears = list(quantizable_linears(torch_model))
-        for name, linear in linears:
-            if group and linear.in_features % group:
-                raise ConfigError(f"hqq: group_size={group} does not divide in_features={linear.in_features} of {name}.")
+        check_groups_divide(linears, group, "hqq")
         records: dict[str, dict[str, Any]] = {}
         for name, linear in linears:
             start = time.perf_counter()
