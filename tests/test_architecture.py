@@ -127,8 +127,11 @@ def test_no_private_name_is_used_across_modules() -> None:
                 if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
                     continue
                 offences.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
-    # One documented exception: torch has no public API to remove a pre-hook by function (quantize/_common.py).
+    # Documented exceptions: torch has no public API to remove a pre-hook by function (quantize/_common.py), nor to
+    # ask whether a module has hooks (_generate.py applies the LM head itself only when it has none).
     offences = [o for o in offences if "linear._forward_pre_hooks" not in o]
+    offences = [o for o in offences if not (o.startswith("mlquant/_generate.py:") and o.endswith(
+        ("head._forward_hooks", "head._forward_pre_hooks")))]
     assert offences == []
 
 
