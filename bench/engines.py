@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if lm_python is None and importlib.util.find_spec("lm_eval") is not None:
         lm_python = sys.executable
     lm: dict[str, Any] | None = None
-    lm_note = "lm-eval: not installed here (no --lm-eval-python, not importable): skipped"
+    lm_note = "lm-eval: skipped (no --lm-eval-python given, not importable by this interpreter)"
     if lm_python is not None and any(b[1] for b in choice_blocks):
         lm = lm_eval_choice(lm_python, hf, [b for b in choice_blocks if b[1]], args.seed, args.threads)
         lm_note = f"lm-eval {lm['versions'].get('lm_eval', '?')} via {lm_python} (batch 8; start {lm['start_s']:.1f} s)"
