@@ -34,13 +34,14 @@ PLAIN_HEAD_CLASSES = frozenset({
 })
 
 #: Generation-config fields that change what greedy decoding picks, or how it decodes, when not at their default.
+#: (``cache_implementation`` and ``prefill_chunk_size`` are not among them: a static or chunked cache computes the
+#: same products, rounded as another batch size would round them.)
 _DECODING_FIELDS = (
     "num_beams", "num_beam_groups", "penalty_alpha", "dola_layers", "prompt_lookup_num_tokens", "assistant_model",
     "guidance_scale", "sequence_bias", "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
     "encoder_no_repeat_ngram_size", "bad_words_ids", "force_words_ids", "constraints", "min_length", "min_new_tokens",
     "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
     "suppress_tokens", "begin_suppress_tokens", "renormalize_logits", "watermarking_config", "stop_strings",
-    "cache_implementation", "prefill_chunk_size",
 )
 
 
@@ -247,7 +248,7 @@ def greedy_rows(
         if not keep:
             return out
         if len(keep) < len(active):
-            sel = torch.tensor(keep, device=device)
+            sel = torch.tensor(keep)  # CPU indices: valid for cache layers on any device (device_map)
             cache.batch_select_indices(sel)
             mask, last, tokens = mask[sel], last[sel], tokens[sel]
             active = [active[j] for j in keep]

@@ -140,6 +140,16 @@ def test_plain_greedy_falls_back_to_model_generate(monkeypatch) -> None:
     assert out[0] == model.tokenizer.decode(ref[0, len(ids) :], skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_a_static_cache_config_keeps_the_loop_and_its_tokens(arch: str, monkeypatch) -> None:
+    # Official Gemma checkpoints ship cache_implementation="hybrid"/"static": a cache layout, not another decoding.
+    model = make_tiny(arch)
+    model.torch_model.generation_config.cache_implementation = "static"
+    assert gen.plain_greedy(model.torch_model)
+    reqs = [GenerateRequest(p, max_new_tokens=16) for p in PROMPTS]
+    assert model.generate(reqs) == old_path(model, reqs, monkeypatch)
+
+
 def test_sampling_stays_seeded_through_model_generate(monkeypatch) -> None:
     model = make_tiny("gemma3")
     reqs = [GenerateRequest(p, max_new_tokens=10, temperature=0.8, top_p=0.9, seed=7) for p in PROMPTS[:3]]
