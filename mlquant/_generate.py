@@ -8,8 +8,10 @@ key/value cache and argmax) with three changes that leave the tokens as they are
 * a finished row leaves the batch: its row of the key/value cache, mask and positions is dropped;
 * the stop check decodes a tail window of each row's tokens and decodes the whole row only to confirm a hit
   (:class:`StopCheck`);
-* on a CPU the LM head is computed as ``weight @ hidden.T`` (one pass over the [vocab, d] weight for all rows; MKL's
-  ``linear`` for 2-15 rows is 1.5-2.5x slower on a 262k vocabulary) — the same products, summed in another order.
+* on a CPU, for 2 to 8 rows, the LM head is computed as ``weight @ hidden.T`` (MKL's ``linear`` of [4, 640] by
+  Gemma 3's [262144, 640] head took 2.1x as long, of 8 rows 1.2x, on the AVX2 CPU of bench/README.md) — the same
+  products, summed in another order. Only for model classes whose forward is ``lm_head`` (+ softcapping)
+  (:data:`PLAIN_HEAD_CLASSES`); other models run their own forward with ``logits_to_keep=1``, as ``generate`` does.
 
 Float rounding: the logits of a row depend in the last bits on how many rows share the batch (MKL picks other kernels
 for other shapes, as ``model.generate``'s own outputs do for other batch sizes); greedy tokens differ only where two
@@ -32,6 +34,10 @@ PLAIN_HEAD_CLASSES = frozenset({
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
     "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "Olmo2ForCausalLM", "SmolLM3ForCausalLM",
 })
+
+#: Most rows for which the CPU LM head is computed as ``weight @ hidden.T`` (from 10-12 rows on, MKL's ``linear``
+#: was as fast or faster).
+TRANSPOSED_HEAD_MAX_ROWS = 8
 
 #: Generation-config fields that change what greedy decoding picks, or how it decodes, when not at their default.
 #: (``cache_implementation`` and ``prefill_chunk_size`` are not among them: a static or chunked cache computes the
@@ -123,12 +129,15 @@ class StopCheck:
         return any(s in whole for s in self.stops)
 
 
-def _cache_kwarg(body: Any, cache: Any) -> dict[str, Any]:
-    """The key/value cache argument as this transformers version names it (``cache`` since 5.24)."""
+def _forward_params(module: Any) -> frozenset[str]:
     import inspect
 
-    params = inspect.signature(body.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+    return frozenset(inspect.signature(module.forward).parameters)
+
+
+def _cache_kwarg(module: Any, cache: Any) -> dict[str, Any]:
+    """The key/value cache argument as this transformers version names it (``cache`` since 5.24)."""
+    return {"cache": cache} if "cache" in _forward_params(module) else {"past_key_values": cache}
 
 
 def _head_weight(torch_model: Any) -> torch.Tensor | None:
@@ -151,8 +160,8 @@ def next_tokens(torch_model: Any, hidden: torch.Tensor, weight: torch.Tensor | N
     """Greedy next tokens [rows] for the last hidden states [rows, d]: the argmax of the model's logits.
 
     The logits are ``lm_head(hidden)`` with the config's ``final_logit_softcapping`` applied in the model's dtype,
-    then cast to float32, as ``model.generate`` computes them. With ``weight`` (see :func:`_head_weight`) and more
-    than one row, the head is computed as ``(weight @ hidden.T).T``.
+    then cast to float32, as ``model.generate`` computes them. With ``weight`` (see :func:`_head_weight`) and 2 to
+    :data:`TRANSPOSED_HEAD_MAX_ROWS` rows, the head is computed as ``(weight @ hidden.T).T``.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -161,7 +170,7 @@ def next_tokens(torch_model: Any, hidden: torch.Tensor, weight: torch.Tensor | N
         >>> next_tokens(m, torch.zeros(3, 16)).shape
         torch.Size([3])
     """
-    if weight is not None and hidden.shape[0] > 1:
+    if weight is not None and 1 < hidden.shape[0] <= TRANSPOSED_HEAD_MAX_ROWS:
         logits = (weight @ hidden.t()).t()
     else:
         logits = torch_model.get_output_embeddings()(hidden)
@@ -217,9 +226,23 @@ def greedy_rows(
         return out
     torch_model = model.torch_model
     device = model.device
-    body = model.body()
-    weight = _head_weight(torch_model) if device.type == "cpu" else None
     check = StopCheck(model.tokenizer, stop)
+    if type(torch_model).__name__ in PLAIN_HEAD_CLASSES:
+        # the decoder stack, then the LM head at the last position only, applied here
+        body = model.body()
+        weight = _head_weight(torch_model) if device.type == "cpu" else None
+
+        def run(**inputs: Any) -> torch.Tensor:
+            hidden = body(**inputs, use_cache=True, **_cache_kwarg(body, cache)).last_hidden_state[:, -1]
+            return next_tokens(torch_model, hidden, weight)
+    else:
+        # the model's own forward (its logits may be scaled or post-processed), logits at the last position only
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(torch_model) else {}
+
+        def run(**inputs: Any) -> torch.Tensor:
+            out = torch_model(**inputs, use_cache=True, **keep, **_cache_kwarg(torch_model, cache))
+            logits: torch.Tensor = out.logits[:, -1]
+            return logits.float().argmax(dim=-1)
 
     width = max(len(r) for r in rows)
     ids = torch.full((n, width), pad, dtype=torch.long)
@@ -231,30 +254,27 @@ def greedy_rows(
     positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 0)
     mask, positions = mask.to(device), positions.to(device)
     cache = DynamicCache(config=torch_model.config.get_text_config(decoder=True))
-    kw = _cache_kwarg(body, cache)
-    hidden = body(input_ids=ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True, **kw)
+    tokens = run(input_ids=ids.to(device), attention_mask=mask, position_ids=positions)
     if on_step:
         on_step(n)
-    tokens = next_tokens(torch_model, hidden.last_hidden_state[:, -1], weight)
     last = positions[:, -1]
     active = list(range(n))  # the rows of the batch, in batch order
     while True:
-        keep: list[int] = []
+        going: list[int] = []
         for j, (row, tok) in enumerate(zip(active, tokens.tolist())):
             out[row].append(tok)
             if tok == eos or len(out[row]) >= max_new_tokens or check.done(out[row]):
                 continue
-            keep.append(j)
-        if not keep:
+            going.append(j)
+        if not going:
             return out
-        if len(keep) < len(active):
-            sel = torch.tensor(keep)  # CPU indices: valid for cache layers on any device (device_map)
+        if len(going) < len(active):
+            sel = torch.tensor(going)  # CPU indices: valid for cache layers on any device (device_map)
             cache.batch_select_indices(sel)
             mask, last, tokens = mask[sel], last[sel], tokens[sel]
-            active = [active[j] for j in keep]
+            active = [active[j] for j in going]
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         last = last + 1
-        hidden = body(input_ids=tokens[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True, **kw)
+        tokens = run(input_ids=tokens[:, None], attention_mask=mask, position_ids=last[:, None])
         if on_step:
             on_step(len(active))
-        tokens = next_tokens(torch_model, hidden.last_hidden_state[:, -1], weight)

@@ -45,8 +45,12 @@ def old_path(model, requests, monkeypatch) -> list[str]:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_greedy_rows_equal_model_generate(arch: str) -> None:
+@pytest.mark.parametrize("own_head", [True, False])
+def test_greedy_rows_equal_model_generate(arch: str, own_head: bool, monkeypatch) -> None:
     model = make_tiny(arch)
+    if not own_head:  # a model class whose forward the loop does not know: it runs the model's own forward
+        monkeypatch.setattr(gen, "PLAIN_HEAD_CLASSES", frozenset())
+        monkeypatch.setattr(gen, "next_tokens", None)  # never called on that path
     pad = model.tokenizer.pad_token_id
     rows = [model.encode(p) for p in PROMPTS]  # ragged: 2 to 100 tokens, Gemma's sliding window is 8
     ref = reference(model, rows, 24, None, pad)
@@ -166,8 +170,10 @@ def test_head_weight_only_for_a_plain_linear_head() -> None:
     model = make_tiny("llama")
     tm = model.torch_model
     assert gen._head_weight(tm) is tm.get_output_embeddings().weight
-    hidden = torch.randn(5, 64)
-    assert torch.equal(gen.next_tokens(tm, hidden, gen._head_weight(tm)), tm.get_output_embeddings()(hidden).argmax(-1))
+    hidden = torch.randn(5, 64) * 4
+    for rows in (1, 2, 5, 8, 9, 16):  # weight @ hidden.T for 2-8 rows, the module otherwise
+        h = hidden.repeat(4, 1)[:rows]
+        assert torch.equal(gen.next_tokens(tm, h, gen._head_weight(tm)), tm.get_output_embeddings()(h).argmax(-1))
     hook = tm.get_output_embeddings().register_forward_hook(lambda *a: None)
     try:
         assert gen._head_weight(tm) is None
