@@ -69,6 +69,18 @@ def tree_cpu_seconds(pid: int) -> float | None:
     return total
 
 
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, stolen) CPU seconds of the whole machine since boot, all cores (/proc/stat): busy = user, nice, system,
+    irq, softirq; stolen = what the hypervisor gave to other virtual machines. None where unreadable."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    f += [0] * (8 - len(f))
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / ticks, f[7] / ticks
+
+
 class Replay:
     """A model that answers from recorded outputs (request key -> output): lets
     :func:`mlquant.compare.compare_items` compare two engines' answers recorded at different times."""
@@ -100,22 +112,30 @@ def run_cells(label: str, engine: Any, cells: list[tuple[Any, str, int]], seed: 
             task, lang = build_task(entry), get_language(code)
             items = task.items(lang, limit=limit, seed=seed)
             flat = [r for item in items for r in task.requests(item, lang)]
-            before, c0 = _load(), cpu()
+            before, c0, m0, p0 = _load(), cpu(), machine_cpu_seconds(), time.process_time()
             got = answer(engine, flat)
-            c1 = cpu()
+            c1, m1, p1 = cpu(), machine_cpu_seconds(), time.process_time()
             key = f"{task.name}/{code}"
             for req, out in zip(flat, got.outputs):
                 old = outputs.setdefault(req.key(), out)
                 if rep and old != out:
                     print(f"warning: {key}: run {rep + 1} answered differently from run 1", file=sys.stderr)
             tokens = sum(count_tokens(o) for o in got.outputs if isinstance(o, str))
+            engine_cpu = (c1 - c0) if c0 is not None and c1 is not None else None
+            # other jobs: what this machine ran beyond the engine and this process; stolen: CPU time the hypervisor
+            # gave to other virtual machines (both take cores from the engine)
+            others = stolen = None
+            if m0 is not None and m1 is not None and engine_cpu is not None:
+                mine = engine_cpu if label == "HF" else engine_cpu + (p1 - p0)
+                others, stolen = max(0.0, (m1[0] - m0[0]) - mine), m1[1] - m0[1]
             cell = {"kind": str(task.kind), "n": len(items), "n_requests": len(flat), "seconds": got.seconds,
-                    "cpu_seconds": (c1 - c0) if c0 is not None and c1 is not None else None, "tokens": tokens,
+                    "cpu_seconds": engine_cpu, "others_cpu_seconds": others, "stolen_cpu_seconds": stolen, "tokens": tokens,
                     "load": f"{before} -> {_load()}", "runs": rep + 1}
             if key not in cells_out or got.seconds < cells_out[key]["seconds"]:
                 cells_out[key] = cell
             cells_out[key]["runs"] = rep + 1
-            print(f"  {label} {key}: {got.seconds:.1f} s, {cell['cpu_seconds'] or 0:.1f} CPU s"
+            print(f"  {label} {key}: {got.seconds:.1f} s, {_cpu(engine_cpu)} CPU s; other jobs {_cpu(others)} CPU s, "
+                  f"stolen {_cpu(stolen)} CPU s"
                   f"{f', {tokens} tokens' if tokens else ''} (load {cell['load']})", file=sys.stderr, flush=True)
     return {"cells": cells_out, "outputs": outputs}
 
@@ -164,6 +184,10 @@ def lm_eval_choice(python: str, model: Any, blocks: list[tuple[str, list[str], i
                 worker.stdin.close()
             worker.wait()
     return out
+
+
+def _cpu(x: float | None) -> str:
+    return f"{x:.1f}" if x is not None else "-"
 
 
 def _rate(cell: dict[str, Any]) -> tuple[float, str]:
@@ -300,14 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     A, B = a_name.upper() if a_name == "hf" else a_name, "vLLM" if b_name == "vllm" else b_name.upper()
     header = (f"{'task/lang':14} {'n':>3} {A + ' s':>7} {A + ' cpu':>7} {B + ' s':>7} {B + ' cpu':>8} {A + ' rate':>9} "
               f"{B + ' rate':>9} {'unit':>7} {A + ' it/s':>8} {B + ' it/s':>9} {'same':>7} {'max|Δ|':>9} {'chrF':>6} "
-              f"{'lm-eval rate':>12}  load {A} | {B}")
+              f"{'lm-eval rate':>12}  other jobs + stolen CPU s {A} | {B}; load {A} | {B}")
     print(header)
     print("-" * len(header))
     tot: dict[str, dict[str, float]] = {k: {"n": 0, "a": 0.0, "b": 0.0, "ca": 0.0, "cb": 0.0, "same": 0, "tok_a": 0, "tok_b": 0,
                                             "lm_n": 0, "lm_s": 0.0} for k in ("choice", "generate")}
-
-    def cpu_text(x: float | None) -> str:
-        return f"{x:.1f}" if x is not None else "-"
 
     for row in rows:
         ca, cb = row["a"], row["b"]
@@ -338,13 +359,23 @@ def main(argv: list[str] | None = None) -> int:
                 lm_rate = f"{lm_cell['n'] / lm_cell['seconds']:.2f} ({same_lm}/{lm_cell['n']} same as HF)"
                 t["lm_n"] += lm_cell["n"]
                 t["lm_s"] += lm_cell["seconds"]
-        print(f"{row['key']:14} {row['n']:>3} {ca['seconds']:7.1f} {cpu_text(ca['cpu_seconds']):>7} {cb['seconds']:7.1f} "
-              f"{cpu_text(cb['cpu_seconds']):>8} {rate_a:9.2f} {rate_b:9.2f} {unit:>7} {row['n'] / ca['seconds']:8.2f} "
+        print(f"{row['key']:14} {row['n']:>3} {ca['seconds']:7.1f} {_cpu(ca['cpu_seconds']):>7} {cb['seconds']:7.1f} "
+              f"{_cpu(cb['cpu_seconds']):>8} {rate_a:9.2f} {rate_b:9.2f} {unit:>7} {row['n'] / ca['seconds']:8.2f} "
               f"{row['n'] / cb['seconds']:9.2f} {int(row['agree']):>3}/{row['n']:<3} {delta:>9} {sim:>6} {lm_rate:>12}  "
-              f"{ca['load']} | {cb['load']}")
+              f"{_cpu(ca.get('others_cpu_seconds'))} + {_cpu(ca.get('stolen_cpu_seconds'))} | "
+              f"{_cpu(cb.get('others_cpu_seconds'))} + {_cpu(cb.get('stolen_cpu_seconds'))}; {ca['load']} | {cb['load']}")
     c, g = tot["choice"], tot["generate"]
     summary: dict[str, Any] = {}
     print()
+    for name, run in runs.items():
+        kept = list(run["cells"].values())
+        if all(cell.get("others_cpu_seconds") is not None for cell in kept):
+            busy = sum(cell["others_cpu_seconds"] for cell in kept)
+            stolen = sum(cell["stolen_cpu_seconds"] for cell in kept)
+            wall = sum(cell["seconds"] for cell in kept)
+            summary[f"{name}_others_cpu_s"], summary[f"{name}_stolen_cpu_s"] = busy, stolen
+            print(f"during {name}'s kept cells ({wall:.1f} s): other jobs {busy:.1f} CPU s, stolen by the hypervisor "
+                  f"{stolen:.1f} CPU s" + ("  <- the machine was not the engine's alone" if busy + stolen > 0.1 * wall else ""))
     if c["n"]:
         summary["choice"] = {"n": c["n"], f"{a_name}_items_s": c["n"] / c["a"], f"{b_name}_items_s": c["n"] / c["b"],
                              f"{a_name}_cpu_s": c["ca"], f"{b_name}_cpu_s": c["cb"], "same": c["same"]}
