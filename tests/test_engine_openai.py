@@ -37,9 +37,11 @@ class TinyServer:
         delay: float = 0.0,
         api_key: str | None = None,
         served: str | None = None,  # the one model name accepted (vLLM answers 404 to another); None: any
+        max_model_len: int = 64,  # listed by /v1/models (with served); prompts longer than it are refused, as by vLLM
     ) -> None:
         self.hf = hf
         self.served = served
+        self.max_model_len = max_model_len
         self.fail_first = fail_first
         self.echo = echo
         self.zero_ok = zero_ok
@@ -60,7 +62,7 @@ class TinyServer:
             def do_GET(self) -> None:
                 reply: dict[str, Any]
                 if self.path == "/v1/models" and server.served is not None:
-                    status, reply = 200, {"object": "list", "data": [{"id": server.served, "max_model_len": 64}]}
+                    status, reply = 200, {"object": "list", "data": [{"id": server.served, "max_model_len": server.max_model_len}]}
                 else:
                     status, reply = 404, {"error": {"message": f"no route {self.path}"}}
                 data = json.dumps(reply).encode()
@@ -119,6 +121,9 @@ class TinyServer:
         ids = list(prompt) if isinstance(prompt, list) else self.hf.encode(prompt)
         text = prompt if isinstance(prompt, str) else self.hf.tokenizer.decode(ids[1:])
         max_tokens = int(body.get("max_tokens", 16))
+        if self.served is not None and len(ids) + max_tokens > self.max_model_len:
+            return 400, {"error": {"message": f"This model's maximum context length is {self.max_model_len} tokens. "
+                                              f"However, you requested {len(ids) + max_tokens} tokens."}}
         if body.get("echo"):
             if self.echo == "reject":
                 return 400, {"error": {"message": "echo is not supported by this server"}}
@@ -128,6 +133,14 @@ class TinyServer:
                 return 200, {"choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}]}
             return 200, self.echo_reply(ids, text, max_tokens, body.get("logprobs"))
         ctx = text
+        if isinstance(prompt, list) and prompt[:1] != self.hf.prefix_ids():  # a cut prompt: the ids as they are
+            import torch
+
+            with self.model_lock, torch.inference_mode():
+                new = self.hf.torch_model.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_tokens,
+                                                   do_sample=False, pad_token_id=0)[0, len(ids) :]
+            out = [self.hf.tokenizer.decode(new, skip_special_tokens=True)]
+            return 200, {"choices": [{"index": 0, "text": out[0], "logprobs": None, "finish_reason": "length"}]}
         with self.model_lock:
             out = self.hf.generate([GenerateRequest(ctx, stop=tuple(body.get("stop") or ()), max_new_tokens=max_tokens)])
         return 200, {"choices": [{"index": 0, "text": out[0], "logprobs": None, "finish_reason": "stop"}],
@@ -338,6 +351,36 @@ def test_an_unknown_model_name_lists_the_served_models(hf: Any) -> None:
             OpenAIEngine(bare.url, "tiny").served_models()
         finally:
             bare.close()
+
+
+def test_prompts_longer_than_the_servers_context_are_cut_as_hfmodel_cuts_them(hf: Any) -> None:
+    """With token ids, a prompt longer than the server's max_model_len (from /v1/models) is cut as HFModel cuts one
+    longer than its max_length: the same results as an HFModel of that max_length; the server refuses it whole."""
+    from mlquant.models import HFModel
+
+    limit = 40
+    short = HFModel(hf.torch_model, hf.tokenizer, hf.source, hf.spec, max_length=limit)
+    long_ctx = "A context much longer than the server allows. " * 2
+    ll = [LoglikelihoodRequest(long_ctx, " end"), LoglikelihoodRequest("short", " x")]
+    gen = [GenerateRequest(long_ctx, max_new_tokens=5)]
+    roll = [RollingRequest(long_ctx * 2), RollingRequest("short text")]
+    server = TinyServer(hf, served="tiny", max_model_len=limit)
+    try:
+        engine = OpenAIEngine(server.url, "tiny", tokenizer=hf.tokenizer)
+        assert engine.context_limit() == limit
+        check_same(engine.loglikelihood(ll), short.loglikelihood(ll))
+        assert engine.generate(gen) == short.generate(gen)
+        for got, want in zip(engine.loglikelihood_rolling(roll), short.loglikelihood_rolling(roll), strict=True):
+            assert (got.n_tokens, got.n_bytes) == (want.n_tokens, want.n_bytes)
+            assert got.logprob == pytest.approx(want.logprob, abs=1e-4)
+        assert all(len(b["prompt"]) + b["max_tokens"] <= limit for b in server.bodies)
+        uncut = OpenAIEngine(server.url, "tiny", tokenizer=hf.tokenizer, max_model_len=10**6)
+        with pytest.raises(ConfigError, match="maximum context length is 40"):
+            uncut.loglikelihood(ll[:1])
+    finally:
+        server.close()
+    with pytest.raises(ConfigError, match="max_model_len=1"):
+        OpenAIEngine("http://127.0.0.1:1", "tiny", max_model_len=1)
 
 
 def test_greedy_flags_come_from_vllms_ranks_for_token_ids(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,6 +135,11 @@ class OpenAIEngine:
         backoff: first retry delay in seconds, doubled at each retry (a 429's ``Retry-After`` is honoured up to 60 s).
         echo_max_tokens: ``max_tokens`` of the log-likelihood requests: 0, 1, or None (default) to try 0 and fall back
             to 1 for the rest of the session when the server refuses 0.
+        max_model_len: the server's context length in tokens, for token-id prompts (with ``tokenizer``); None: asked
+            once from ``GET /v1/models`` (vLLM's ``max_model_len``; no limit where the server does not say). A longer
+            prompt is cut as :class:`~mlquant.models.HFModel` cuts one at its ``max_length``: a log-likelihood
+            context keeps BOS and its last tokens, a generation prompt its last ``max_model_len - max_new_tokens``
+            tokens, a rolling text is scored in disjoint windows. Text prompts are sent whole.
 
     Raises:
         ConfigError: a malformed URL or argument, or an API key variable that is not set.
@@ -158,6 +163,7 @@ class OpenAIEngine:
         timeout: float = 300.0,
         backoff: float = 1.0,
         echo_max_tokens: int | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"OpenAIEngine: base_url {base_url!r} must start with http:// or https://.")
@@ -169,6 +175,8 @@ class OpenAIEngine:
             raise ConfigError(f"OpenAIEngine: max_retries={max_retries!r}; expected an integer >= 0.")
         if not timeout > 0 or backoff < 0:
             raise ConfigError(f"OpenAIEngine: timeout={timeout!r}, backoff={backoff!r}; expected timeout > 0, backoff >= 0.")
+        if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 2):
+            raise ConfigError(f"OpenAIEngine: max_model_len={max_model_len!r}; expected an integer >= 2 or None.")
         if echo_max_tokens not in (None, 0, 1):
             raise ConfigError(f"OpenAIEngine: echo_max_tokens={echo_max_tokens!r}; expected 0, 1 or None (try 0, then 1).")
         self.endpoint = endpoint_url(base_url, "completions")
@@ -194,6 +202,8 @@ class OpenAIEngine:
         self._lock = threading.Lock()
         self._requests = 0
         self._context_tokens: dict[str, list[str]] = {}
+        self._max_model_len = max_model_len
+        self._asked_length = max_model_len is not None
 
     def __repr__(self) -> str:
         return f"OpenAIEngine({self.endpoint!r}, {self.model!r}, api_key_env={self.api_key_env!r})"
@@ -438,6 +448,21 @@ class OpenAIEngine:
         shared :class:`~mlquant.models.TokenEncoder`; needs ``tokenizer``)."""
         return self._encoder().encode_pair(context, continuation)
 
+    def context_limit(self) -> int | None:
+        """Tokens a prompt may hold (``max_model_len``, else the server's from ``GET /v1/models``, asked once; None
+        where the server does not say or has no such route)."""
+        with self._lock:
+            if self._asked_length:
+                return self._max_model_len
+        try:
+            limit = self.served_models().get(self.model)
+        except ConfigError as exc:  # a server without /v1/models: prompts go whole, as before
+            log.info("OpenAIEngine: no context length from %s (%s); prompts are sent whole.", self.endpoint, exc)
+            limit = None
+        with self._lock:
+            self._max_model_len, self._asked_length = limit, True
+        return limit
+
     # ----- the three request kinds ----------------------------------------------------------------------------------
     def _context_split(self, context: str) -> list[str]:
         """Token texts of ``context`` alone (the fallback split), one echo request per distinct context."""
@@ -455,6 +480,13 @@ class OpenAIEngine:
             ctx, cont = self.encode_pair(req.context, req.continuation)
             if not cont:
                 raise ConfigError(f"OpenAIEngine: request {i}: the continuation {req.continuation!r} encodes to no tokens.")
+            limit = self.context_limit()
+            if limit is not None and len(ctx) + len(cont) + (self.echo_max_tokens or 0) > limit:
+                keep = limit - (self.echo_max_tokens or 0) - len(cont)  # as HFModel: BOS, then the context's last tokens
+                if keep < 1:
+                    raise ConfigError(f"OpenAIEngine: request {i}: {what} has {len(cont)} tokens; the server's "
+                                      f"context holds {limit}.")
+                ctx = ctx[:1] + ctx[len(ctx) - keep + 1 :]
             echo = self.echo(ctx + cont)
             return LoglikelihoodResult(*self._scored(echo, range(len(ctx), len(ctx) + len(cont)), what))
         context = req.context.rstrip()
@@ -492,9 +524,18 @@ class OpenAIEngine:
         if not req.text:
             return RollingResult(0.0, 0, 0)
         if self.tokenizer is not None:
-            ids = self._encode(req.text)
-            echo = self.echo(ids)
-            positions = list(range(len(self._encoder().prefix_ids()), len(ids)))
+            prefix = self._encoder().prefix_ids()
+            text_ids = self._encode(req.text)[len(prefix) :]
+            limit = self.context_limit()
+            step = len(text_ids) if limit is None else limit - (self.echo_max_tokens or 0) - len(prefix)
+            if limit is not None and step < 1:
+                raise ConfigError(f"OpenAIEngine: the server's context ({limit} tokens) holds no token of a text.")
+            total, n = 0.0, 0
+            for start in range(0, max(len(text_ids), 1), max(step, 1)):  # HFModel's disjoint windows
+                window = prefix + text_ids[start : start + step]
+                part, _, count = self._scored(self.echo(window), range(len(prefix), len(window)), "a rolling text")
+                total, n = total + part, n + count
+            return RollingResult(total, n, n_bytes)
         else:
             echo = self.echo(req.text)
             positions = [k for k, v in enumerate(echo.logprobs) if v is not None]  # the first token has none
@@ -504,8 +545,8 @@ class OpenAIEngine:
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
         """log P(text) of each text, every token that has a log-probability (all after BOS); one request per text.
 
-        A text longer than the server's context is refused by the server (unlike ``HFModel``, which scores it in
-        disjoint windows).
+        With token-id prompts a text longer than the server's context is scored in disjoint windows, as ``HFModel``
+        scores one longer than its ``max_length``; a text prompt that long is refused by the server.
         """
         reqs = list(requests)
         return self._map(lambda i: self._rolling_one(reqs[i]), len(reqs))
@@ -513,7 +554,12 @@ class OpenAIEngine:
     def _generate_one(self, req: GenerateRequest) -> str:
         if req.max_new_tokens <= 0:  # as HFModel; servers refuse max_tokens: 0 without echo
             return ""
-        prompt: Prompt = self._encode(req.context) if self.tokenizer is not None else req.context
+        prompt: Prompt = req.context
+        if self.tokenizer is not None:
+            prompt = self._encode(req.context)
+            limit = self.context_limit()
+            if limit is not None and len(prompt) + req.max_new_tokens > limit:
+                prompt = prompt[-max(limit - req.max_new_tokens, 1) :]  # as HFModel: the prompt's last tokens
         body: dict[str, Any] = {"prompt": prompt, "max_tokens": req.max_new_tokens, "temperature": req.temperature}
         if req.temperature > 0:
             body.update(top_p=req.top_p, seed=req.seed)
