@@ -1,8 +1,10 @@
 """Forward passes of :class:`~mlquant.models.HFModel` (private; imports torch).
 
 * ``score_groups``: log-likelihood of continuations. Each batch of distinct contexts runs once (left-padded,
-  key/value cache kept); the cache rows are then selected for every continuation of those contexts, and the
-  continuations run on top with explicit position ids. The LM head is applied only at the scored positions.
+  key/value cache kept; at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens); the cache rows are then
+  selected for every continuation of those contexts, and the continuations run on top with explicit position ids.
+  The LM head is applied only at the scored positions (each context's last position once for all its options), one
+  block of the vocabulary at a time where it is a plain linear layer (:mod:`mlquant._head`).
 * ``rolling_logprobs``: log-likelihood of whole texts, LM head applied in chunks of positions.
 * ``generate_batched``: left-padded batched generation with stop strings: greedy requests through
   :func:`mlquant._generate.greedy_rows` (finished rows leave the batch), sampled ones through ``model.generate``.
@@ -25,6 +27,7 @@ class ForwardModel(Protocol):
     torch_model: Any
     tokenizer: Any
     batch_size: int
+    max_batch_tokens: int | None
     max_length: int
 
     @property
@@ -49,8 +52,10 @@ class Passes:
 
     count: int = 0
 
-#: Hidden-state positions sent through the LM head at once (bounds the [positions, vocab] logits buffer).
+#: Hidden-state positions sent through ``model.logprobs_at`` at once (bounds its [positions, vocab] logits buffer).
 HEAD_CHUNK = 256
+#: Positions per call of the blocked head (its buffer is [positions, block]; more positions per pass over the weight).
+BLOCKED_HEAD_CHUNK = 1024
 
 
 def _right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,15 +78,37 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def _gather_logprobs(model: ForwardModel, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position log P(target) and whether the target is the argmax, for hidden [n, d] and targets [n]."""
-    lps, greedy = [], []
-    for start in range(0, hidden.shape[0], HEAD_CHUNK):
-        lp = model.logprobs_at(hidden[start : start + HEAD_CHUNK])
-        t = targets[start : start + HEAD_CHUNK]
-        lps.append(lp.gather(1, t[:, None])[:, 0])
-        greedy.append(lp.argmax(dim=-1) == t)
-    return torch.cat(lps), torch.cat(greedy)
+def _gather_logprobs(
+    model: ForwardModel, hidden: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(target) (float64; float32 on MPS) and whether the target is the argmax, for hidden [n, d], targets [m].
+
+    ``rows`` [m] names the row of ``hidden`` each target belongs to (default: row k for target k); each row goes
+    through the LM head once however many targets share it. A plain ``nn.Linear`` head is applied one block of the
+    vocabulary at a time (:func:`mlquant._head.token_logprobs`); any other head through ``model.logprobs_at``.
+    """
+    from mlquant._head import acc_dtype, plain_head, token_logprobs
+
+    device = hidden.device
+    if rows is None:
+        rows = torch.arange(hidden.shape[0], device=device)
+    parts = plain_head(model.torch_model)
+    cap = getattr(model.torch_model.config, "final_logit_softcapping", None)
+    lp = torch.empty(rows.shape[0], dtype=acc_dtype(device), device=device)
+    greedy = torch.empty(rows.shape[0], dtype=torch.bool, device=device)
+    chunk = HEAD_CHUNK if parts is None else BLOCKED_HEAD_CHUNK
+    for start in range(0, hidden.shape[0], chunk):
+        sel = ((rows >= start) & (rows < start + chunk)).nonzero()[:, 0]
+        if sel.numel() == 0:
+            continue
+        h, r, t = hidden[start : start + chunk], rows[sel] - start, targets[sel]
+        if parts is not None:
+            lp[sel], greedy[sel] = token_logprobs(parts[0], parts[1], cap, h, r, t)
+        else:
+            full = model.logprobs_at(h)
+            lp[sel] = full[r, t].to(lp.dtype)
+            greedy[sel] = full[r].argmax(dim=-1) == t
+    return lp, greedy
 
 
 def _select_rows(layer: Any, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +133,27 @@ def _batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield seq[start : start + size]
 
 
+def token_batches(lengths: Sequence[int], rows: int, tokens: int | None) -> list[range]:
+    """Consecutive batches of items sorted longest first: at most ``rows`` items, and at most ``tokens`` padded
+    tokens (items × the batch's longest) unless one item alone is longer.
+
+    Example:
+        >>> token_batches([300, 290, 100, 90, 10, 10], rows=4, tokens=600)
+        [range(0, 2), range(2, 6)]
+        >>> token_batches([300, 290, 100], rows=16, tokens=None)
+        [range(0, 3)]
+    """
+    out: list[range] = []
+    start = 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and end - start < rows and (tokens is None or (end + 1 - start) * lengths[start] <= tokens):
+            end += 1
+        out.append(range(start, end))
+        start = end
+    return out
+
+
 @torch.inference_mode()
 def score_groups(
     model: ForwardModel, groups: dict[tuple[int, ...], list[tuple[int, list[int]]]], passes: Passes
@@ -118,7 +166,8 @@ def score_groups(
     pad = model.tokenizer.pad_token_id or 0
     # Longest contexts first: similar lengths share a batch, and memory problems show up at once.
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))
-    for batch in _batches(ordered, model.batch_size):
+    for span in token_batches([len(ctx) for ctx, _ in ordered], model.batch_size, model.max_batch_tokens):
+        batch = ordered[span.start : span.stop]
         contexts = [list(ctx) for ctx, _ in batch]
         ctx_len = torch.tensor([len(c) for c in contexts])
         # Left padding: every context ends at the same index, so the distance between a continuation token and
@@ -137,11 +186,18 @@ def score_groups(
         # Every continuation of the batch: (group row, request index, tokens).
         rows = [(g, idx, cont) for g, (_, conts) in enumerate(batch) for idx, cont in conts]
         rows.sort(key=lambda r: -len(r[2]))
-        for chunk in _batches(rows, model.batch_size):
+        # The first token of every continuation, from its context's last position: each context through the head once.
+        all_first_lp, all_first_greedy = _gather_logprobs(
+            model,
+            last_hidden,
+            torch.tensor([c[0] for _, _, c in rows], device=device),
+            torch.tensor([g for g, _, _ in rows], device=device),
+        )
+        for offset in range(0, len(rows), model.batch_size):
+            chunk = rows[offset : offset + model.batch_size]
             sel = torch.tensor([g for g, _, _ in chunk])
-            first_lp, first_greedy = _gather_logprobs(
-                model, last_hidden[sel.to(device)], torch.tensor([c[0] for _, _, c in chunk], device=device)
-            )
+            first_lp = all_first_lp[offset : offset + len(chunk)]
+            first_greedy = all_first_greedy[offset : offset + len(chunk)]
             # Feed all continuation tokens but the last; each predicts the next one.
             tails = [c[:-1] for _, _, c in chunk]
             longest = max(len(t) for t in tails)
@@ -174,7 +230,7 @@ def score_groups(
             lp, greedy = _gather_logprobs(model, torch.cat(hid), torch.tensor(targets, device=device))
             own = torch.tensor(owner, device=device)
             # Sums in float64 on the CPU (MPS has no float64).
-            total = first_lp.cpu().double().index_add_(0, own.cpu(), lp.cpu().double())
+            total = first_lp.cpu().double().clone().index_add_(0, own.cpu(), lp.cpu().double())
             bad = torch.zeros(len(chunk), dtype=torch.long, device=device).index_add_(0, own, (~greedy).long())
             for k, (_, idx, cont) in enumerate(chunk):
                 yield idx, LoglikelihoodResult(float(total[k]), bool(first_greedy[k]) and int(bad[k]) == 0, len(cont))

@@ -141,19 +141,16 @@ def _cache_kwarg(module: Any, cache: Any) -> dict[str, Any]:
 
 
 def _head_weight(torch_model: Any) -> torch.Tensor | None:
-    """The LM head's weight when :func:`greedy_rows` may multiply by it itself (a plain bias-free ``nn.Linear`` on
-    the CPU without hooks, in a model class of :data:`PLAIN_HEAD_CLASSES`), else None."""
+    """The LM head's weight when :func:`greedy_rows` may multiply by it itself (a plain bias-free ``nn.Linear``
+    (:func:`mlquant._head.plain_head`) on the CPU, in a model class of :data:`PLAIN_HEAD_CLASSES`), else None."""
+    from mlquant._head import plain_head
+
     if type(torch_model).__name__ not in PLAIN_HEAD_CLASSES:
         return None
-    head = torch_model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None or hasattr(head, "_hf_hook"):
+    parts = plain_head(torch_model)
+    if parts is None or parts[1] is not None or parts[0].device.type != "cpu":
         return None
-    if head._forward_hooks or head._forward_pre_hooks:
-        return None
-    weight = head.weight
-    if type(weight) is not torch.nn.Parameter or weight.device.type != "cpu" or not weight.dtype.is_floating_point:
-        return None
-    return weight
+    return parts[0]
 
 
 def next_tokens(torch_model: Any, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -188,6 +188,10 @@ class TokenEncoder:
         return ctx, self.text_ids(continuation)
 
 
+#: Default :attr:`HFModel.max_batch_tokens` on a CPU.
+CPU_BATCH_TOKENS = 1536
+
+
 class HFModel:
     """A transformers causal LM behind the :class:`Model` protocol.
 
@@ -199,6 +203,9 @@ class HFModel:
         source: where the weights came from (id, file hash, revision).
         spec: the quantization spec applied (a baseline spec for the unquantized model).
         batch_size: rows per forward pass.
+        max_batch_tokens: padded tokens (rows × longest context) per context pass of :meth:`loglikelihood`; fewer
+            rows for long contexts. Default: :data:`CPU_BATCH_TOKENS` on a CPU (where a smaller batch of long
+            contexts wastes less padding and stays in cache: bench/README.md), no limit elsewhere.
         n_forward: forward passes run so far (used by tests and benchmarks).
     """
 
@@ -211,9 +218,12 @@ class HFModel:
         *,
         batch_size: int = 16,
         max_length: int | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be >= 1 or None, got {max_batch_tokens}.")
         self.torch_model = torch_model
         self.tokenizer = tokenizer
         self.source = source
@@ -221,6 +231,9 @@ class HFModel:
         self.batch_size = batch_size
         cfg_max = getattr(torch_model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(max_length or min(cfg_max, 4096))
+        if max_batch_tokens is None and next(torch_model.parameters()).device.type == "cpu":
+            max_batch_tokens = CPU_BATCH_TOKENS
+        self.max_batch_tokens = max_batch_tokens
         self.n_forward = 0
         self.quant_report: Any = None
         self.name = source.model_id
@@ -243,7 +256,10 @@ class HFModel:
 
     def derive(self, torch_model: Any, spec: QuantSpec) -> HFModel:
         """A new HFModel sharing tokenizer and source, with other weights and spec (used by quantizers)."""
-        return HFModel(torch_model, self.tokenizer, self.source, spec, batch_size=self.batch_size, max_length=self.max_length)
+        return HFModel(
+            torch_model, self.tokenizer, self.source, spec, batch_size=self.batch_size, max_length=self.max_length,
+            max_batch_tokens=self.max_batch_tokens,
+        )
 
     def copy_torch_model(self) -> Any:
         """A deep copy of the torch model, for a quantizer to modify."""
