@@ -273,11 +273,15 @@ def mlquant_run(model: Any, items: list[dict[str, Any]], batch_size: int) -> dic
 
 def _merge(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
     """Add one block's run to a configuration's totals (times summed, log-likelihoods merged, loads listed)."""
+    task = part.pop("task", None)
     if total is None or "skipped" in part:
-        return dict(part, load=[part.get("load")], lls=dict(part.get("lls", {})))
+        by_task = {task: part["score_s"]} if task and "score_s" in part else {}
+        return dict(part, load=[part.get("load")], lls=dict(part.get("lls", {})), by_task=by_task)
     for key in ("score_s", "score_cpu_s", "e2e_s"):
         if key in part:
             total[key] += part[key]
+    if task:
+        total["by_task"][task] = total["by_task"].get(task, 0.0) + part["score_s"]
     total["lls"].update(part["lls"])
     total["load"].append(part["load"])
     total["args_ok"] = total.get("args_ok", True) and part.get("args_ok", True)
@@ -404,11 +408,13 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(max(len(ml_sizes), len(lm_sizes))):
                     ml_run: dict[str, Any] | None = None
                     lm_run: dict[str, Any] | None = None
-                    for idx in blocks.values():
+                    for (task, _), idx in blocks.items():
                         if i < len(ml_sizes):
-                            ml_run = _merge(ml_run, mlquant_run(model, [items[k] for k in idx], ml_sizes[i]))
+                            part = mlquant_run(model, [items[k] for k in idx], ml_sizes[i])
+                            ml_run = _merge(ml_run, dict(part, task=task))
                         if i < len(lm_sizes) and (lm_run is None or "skipped" not in lm_run):
-                            lm_run = _merge(lm_run, ask({"batch_size": lm_sizes[i], "indices": idx}))
+                            part = ask({"batch_size": lm_sizes[i], "indices": idx})
+                            lm_run = _merge(lm_run, dict(part, task=task))
                     for run, best in ((ml_run, ml_best), (lm_run, lm_best)):
                         if run is None:
                             continue
@@ -472,6 +478,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{lm_top['items_per_s']:.2f} items/s = {ours['items_per_s'] / lm_top['items_per_s']:.2f}x; "
             f"same prediction {same:.1%} of items; max |Δ loglik| {delta:.2e}"
         )
+    per_task = {t: sum(r["task"] == t for r in items) for t in spec}
+    print(
+        "per task, mlquant default vs lm-eval best: "
+        + "; ".join(
+            f"{t} {per_task[t] / ml_default['by_task'][t]:.2f} vs {per_task[t] / lm_top['by_task'][t]:.2f} items/s "
+            f"= {lm_top['by_task'][t] / ml_default['by_task'][t]:.2f}x"
+            for t in spec
+            if ml_default.get("by_task", {}).get(t) and lm_top.get("by_task", {}).get(t)
+        )
+    )
     print(
         f"model load: mlquant {load_s:.1f} s, lm-eval {lm['load_s']:.1f} s; warm-up on {args.warmup} items (excluded): mlquant {ml_warm:.1f} s, "
         f"lm-eval {lm['warmup_s']:.1f} s; load average {load_before} before, {load_after} after"

@@ -1,7 +1,8 @@
 """Forward passes of :class:`~mlquant.models.HFModel` (private; imports torch).
 
 * ``score_groups``: log-likelihood of continuations. Each batch of distinct contexts runs once (left-padded,
-  key/value cache kept; at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens); the cache rows are then
+  key/value cache kept; at most ``batch_size`` rows, or with a ``max_batch_tokens`` budget as many rows as it holds,
+  up to ``BUDGET_MAX_ROWS``); the cache rows are then
   selected for every continuation of those contexts, and the continuations run on top with explicit position ids.
   The LM head is applied only at the scored positions (each context's last position once for all its options), one
   block of the vocabulary at a time where it is a plain linear layer (:mod:`mlquant._head`).
@@ -54,6 +55,8 @@ class Passes:
 
 #: Hidden-state positions sent through ``model.logprobs_at`` at once (bounds its [positions, vocab] logits buffer).
 HEAD_CHUNK = 256
+#: Most rows of a log-likelihood pass when the model has a token budget (``max_batch_tokens``) instead of ``batch_size``.
+BUDGET_MAX_ROWS = 128
 #: Positions per call of the blocked head (its buffer is [positions, block]; more positions per pass over the weight).
 BLOCKED_HEAD_CHUNK = 1024
 
@@ -166,7 +169,10 @@ def score_groups(
     pad = model.tokenizer.pad_token_id or 0
     # Longest contexts first: similar lengths share a batch, and memory problems show up at once.
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))
-    for span in token_batches([len(ctx) for ctx, _ in ordered], model.batch_size, model.max_batch_tokens):
+    budget = model.max_batch_tokens
+    # With a token budget, the budget sizes the batches (short XCOPA contexts: up to BUDGET_MAX_ROWS rows a pass).
+    max_rows = model.batch_size if budget is None else max(model.batch_size, BUDGET_MAX_ROWS)
+    for span in token_batches([len(ctx) for ctx, _ in ordered], max_rows, budget):
         batch = ordered[span.start : span.stop]
         contexts = [list(ctx) for ctx, _ in batch]
         ctx_len = torch.tensor([len(c) for c in contexts])
@@ -193,11 +199,12 @@ def score_groups(
             torch.tensor([c[0] for _, _, c in rows], device=device),
             torch.tensor([g for g, _, _ in rows], device=device),
         )
-        for offset in range(0, len(rows), model.batch_size):
-            chunk = rows[offset : offset + model.batch_size]
+        width = ids.shape[1]
+        for part in token_batches([width + len(c) - 1 for _, _, c in rows], max_rows, budget):
+            chunk = rows[part.start : part.stop]
             sel = torch.tensor([g for g, _, _ in chunk])
-            first_lp = all_first_lp[offset : offset + len(chunk)]
-            first_greedy = all_first_greedy[offset : offset + len(chunk)]
+            first_lp = all_first_lp[part.start : part.stop]
+            first_greedy = all_first_greedy[part.start : part.stop]
             # Feed all continuation tokens but the last; each predicts the next one.
             tails = [c[:-1] for _, _, c in chunk]
             longest = max(len(t) for t in tails)

@@ -203,9 +203,10 @@ class HFModel:
         source: where the weights came from (id, file hash, revision).
         spec: the quantization spec applied (a baseline spec for the unquantized model).
         batch_size: rows per forward pass.
-        max_batch_tokens: padded tokens (rows × longest context) per context pass of :meth:`loglikelihood`; fewer
-            rows for long contexts. Default: :data:`CPU_BATCH_TOKENS` on a CPU (where a smaller batch of long
-            contexts wastes less padding and stays in cache: bench/README.md), no limit elsewhere.
+        max_batch_tokens: padded tokens (rows × longest row) per pass of :meth:`loglikelihood`; when set, it sizes
+            those passes instead of ``batch_size`` (as many rows as it holds, up to 128 or ``batch_size`` if larger):
+            few rows of long Belebele passages, many of short XCOPA premises. Default: :data:`CPU_BATCH_TOKENS` on a
+            CPU (bench/README.md, bench/choice.py), None (``batch_size`` rows) elsewhere.
         n_forward: forward passes run so far (used by tests and benchmarks).
     """
 

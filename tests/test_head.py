@@ -132,3 +132,18 @@ def test_cpu_models_get_the_cpu_token_budget(tiny_llama) -> None:
 
     assert tiny_llama.max_batch_tokens == CPU_BATCH_TOKENS
     assert tiny_llama.derive(tiny_llama.torch_model, tiny_llama.spec).max_batch_tokens == CPU_BATCH_TOKENS
+
+
+def test_a_token_budget_sizes_batches_beyond_batch_size(tiny_llama) -> None:
+    reqs = requests()  # 4 contexts x 5 continuations
+    tiny_llama.batch_size = 2
+    tiny_llama.max_batch_tokens = None
+    before = tiny_llama.n_forward
+    by_rows = tiny_llama.loglikelihood(reqs)
+    passes_by_rows = tiny_llama.n_forward - before
+    tiny_llama.max_batch_tokens = 10_000  # holds every row at once: one context pass, one continuation pass
+    before = tiny_llama.n_forward
+    by_tokens = tiny_llama.loglikelihood(reqs)
+    assert tiny_llama.n_forward - before == 2 < passes_by_rows
+    for a, b in zip(by_rows, by_tokens):
+        assert abs(a.logprob - b.logprob) < 1e-5 and a.is_greedy == b.is_greedy
