@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"token ids identical to lm-eval's for {same_tokens}/{n} items; lm-eval request strings identical: "
           f"{all(r.get('args_ok', True) for r in lm_runs)}")
     print(f"agreement columns: against lm-eval at batch {reference['batch_size']} (same prediction share, max |Δ loglik|)")
+    print(f"mlquant's passes: max_batch_tokens={model.max_batch_tokens} (None: 'batch' rows a pass; else the budget sizes "
+          f"them, up to max(batch, 128) rows)")
     print()
     header = f"{'tool':8} {'batch':>6} {'score s':>8} {'CPU s':>7} {'items/s':>8} {'e2e s':>7} {'acc':>6} {'same':>7} {'max|Δ|':>9}  load 1m/5m"
     print(header)
