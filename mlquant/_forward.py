@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from mlquant.errors import ConfigError
 from mlquant.requests import GenerateRequest, LoglikelihoodResult, RollingRequest, RollingResult
 
 
@@ -88,14 +89,18 @@ def _gather_logprobs(
 
     ``rows`` [m] names the row of ``hidden`` each target belongs to (default: row k for target k); each row goes
     through the LM head once however many targets share it. A plain ``nn.Linear`` head is applied one block of the
-    vocabulary at a time (:func:`mlquant._head.token_logprobs`); any other head through ``model.logprobs_at``.
+    vocabulary at a time (:func:`mlquant._head.token_logprobs`); any other head, or any head when the model's
+    ``head_numerics`` is ``"log_softmax"``, through ``model.logprobs_at``.
     """
     from mlquant._head import acc_dtype, plain_head, token_logprobs
 
     device = hidden.device
     if rows is None:
         rows = torch.arange(hidden.shape[0], device=device)
-    parts = plain_head(model.torch_model)
+    numerics = getattr(model, "head_numerics", "exact")
+    if numerics not in ("exact", "log_softmax"):
+        raise ConfigError(f"head_numerics={numerics!r}; expected 'exact' or 'log_softmax'.")
+    parts = plain_head(model.torch_model) if numerics == "exact" else None
     cap = getattr(model.torch_model.config, "final_logit_softcapping", None)
     lp = torch.empty(rows.shape[0], dtype=acc_dtype(device), device=device)
     greedy = torch.empty(rows.shape[0], dtype=torch.bool, device=device)

@@ -207,6 +207,11 @@ class HFModel:
             those passes instead of ``batch_size`` (as many rows as it holds, up to 128 or ``batch_size`` if larger):
             few rows of long Belebele passages, many of short XCOPA premises. Default: :data:`CPU_BATCH_TOKENS` on a
             CPU (bench/README.md, bench/choice.py), None (``batch_size`` rows) elsewhere.
+        head_numerics: how log-probabilities are normalised: ``"exact"`` (default; the LM head one block of the
+            vocabulary at a time with a float64 running log-sum-exp, within ~2e-6 nats of float64) or
+            ``"log_softmax"`` (torch's float32 ``log_softmax`` over the whole vocabulary, as lm-eval and vLLM compute
+            it: up to 1e-4 nats per token off on Gemma 3's 262k vocabulary, but equal to those tools' numbers to
+            ~1e-4 per request; slower from a few hundred positions on). bench/head.py measures both.
         n_forward: forward passes run so far (used by tests and benchmarks).
     """
 
@@ -235,6 +240,7 @@ class HFModel:
         if max_batch_tokens is None and next(torch_model.parameters()).device.type == "cpu":
             max_batch_tokens = CPU_BATCH_TOKENS
         self.max_batch_tokens = max_batch_tokens
+        self.head_numerics = "exact"
         self.n_forward = 0
         self.quant_report: Any = None
         self.name = source.model_id

@@ -14,6 +14,7 @@ from test_models import full_sequence_logprob, requests
 import mlquant._head as head_mod
 from mlquant._forward import token_batches
 from mlquant._head import plain_head, token_logprobs
+from mlquant.errors import ConfigError
 from mlquant.requests import LoglikelihoodRequest
 
 
@@ -147,3 +148,31 @@ def test_a_token_budget_sizes_batches_beyond_batch_size(tiny_llama) -> None:
     assert tiny_llama.n_forward - before == 2 < passes_by_rows
     for a, b in zip(by_rows, by_tokens):
         assert abs(a.logprob - b.logprob) < 1e-5 and a.is_greedy == b.is_greedy
+
+
+def test_log_softmax_numerics_go_through_the_module(tiny_llama, monkeypatch) -> None:
+    calls: list[int] = []
+    original = type(tiny_llama).logprobs_at
+
+    def counting(self, hidden):
+        calls.append(hidden.shape[0])
+        return original(self, hidden)
+
+    monkeypatch.setattr(type(tiny_llama), "logprobs_at", counting)
+    reqs = requests()[:5]
+    exact = tiny_llama.loglikelihood(reqs)
+    assert calls == []
+    tiny_llama.head_numerics = "log_softmax"
+    try:
+        compat = tiny_llama.loglikelihood(reqs)
+    finally:
+        tiny_llama.head_numerics = "exact"
+    assert calls
+    for a, b in zip(exact, compat):
+        assert abs(a.logprob - b.logprob) < 1e-4 and a.is_greedy == b.is_greedy
+    tiny_llama.head_numerics = "float16"
+    try:
+        with pytest.raises(ConfigError, match="head_numerics='float16'"):
+            tiny_llama.loglikelihood(reqs)
+    finally:
+        tiny_llama.head_numerics = "exact"
