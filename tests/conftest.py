@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +98,14 @@ def gemma():
     from mlquant.models import load_model
 
     return load_model("gemma3-270m")
+
+
+@contextmanager
+def head_numerics(model: Any, numerics: str) -> Iterator[None]:
+    """``model.head_numerics`` set to ``numerics`` inside the block (``"log_softmax"``: torch's float32 normaliser, as
+    lm-eval and vLLM compute log-probabilities; bench/head.py), back to ``"exact"`` after it."""
+    model.head_numerics = numerics
+    try:
+        yield
+    finally:
+        model.head_numerics = "exact"

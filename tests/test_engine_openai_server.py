@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make_tiny
+from conftest import head_numerics, make_tiny
 
 import mlquant as mq
 from mlquant.engines.openai import OpenAIEngine, ServerError
@@ -208,13 +208,10 @@ def test_choice_items_match_hfmodel(engine: OpenAIEngine, gemma: Any) -> None:
         items = task.items(code, limit=n)
         per_item = [task.requests(item, lang) for item in items]
         flat = [r for reqs in per_item for r in reqs if isinstance(r, LoglikelihoodRequest)]
-        gemma.head_numerics = "log_softmax"  # the server's numerics: torch's float32 log_softmax (bench/head.py)
-        try:
+        with head_numerics(gemma, "log_softmax"):  # the server's numerics
             t0 = time.monotonic()
             ref = gemma.loglikelihood(flat)
             t1 = time.monotonic()
-        finally:
-            gemma.head_numerics = "exact"
         got = engine.loglikelihood(flat)
         t2 = time.monotonic()
         assert [(r.n_tokens, r.is_greedy) for r in got] == [(r.n_tokens, r.is_greedy) for r in ref]

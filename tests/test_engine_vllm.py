@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import head_numerics, make_tiny
 
 import mlquant as mq
 from mlquant.engines import ENGINES, load_engine
@@ -267,13 +267,10 @@ def test_choice_predictions_and_loglikelihoods_match_hf(vllm_gemma: VLLMModel, g
         exact = gemma.loglikelihood(flat)
         # The reference at vLLM's numerics (torch's float32 log_softmax over the vocabulary); the default blocked
         # head is closer to float64, and vLLM's float32 normaliser is up to ~1.04e-4 per token off (bench/head.py).
-        gemma.head_numerics = "log_softmax"
-        try:
+        with head_numerics(gemma, "log_softmax"):
             t0 = time.monotonic()
             ref = gemma.loglikelihood(flat)
             t1 = time.monotonic()
-        finally:
-            gemma.head_numerics = "exact"
         got = vllm_gemma.loglikelihood(flat)
         t2 = time.monotonic()
         assert [r.n_tokens for r in got] == [r.n_tokens for r in ref]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import head_numerics, make_tiny
 from test_models import full_sequence_logprob, requests
 
 import mlquant._head as head_mod
@@ -16,6 +16,19 @@ from mlquant._forward import token_batches
 from mlquant._head import plain_head, token_logprobs
 from mlquant.errors import ConfigError
 from mlquant.requests import LoglikelihoodRequest
+
+
+def count_logprobs_at(model, monkeypatch) -> list[int]:
+    """Rows of every call of the model's ``logprobs_at`` (the module path of the head) from now on."""
+    calls: list[int] = []
+    original = type(model).logprobs_at
+
+    def counting(self, hidden):
+        calls.append(hidden.shape[0])
+        return original(self, hidden)
+
+    monkeypatch.setattr(type(model), "logprobs_at", counting)
+    return calls
 
 
 @pytest.mark.parametrize("block", [1, 7, 64, 1000, 4096])
@@ -70,14 +83,7 @@ def test_loglikelihood_blocked_head_matches_float64_and_the_module_path(arch: st
     reference = [full_sequence_logprob(model, r) for r in reqs]
     monkeypatch.setattr(head_mod, "CPU_BLOCK", 16)  # 259-token vocabulary: 17 blocks
     blocked = model.loglikelihood(reqs)
-    calls: list[int] = []
-    original = type(model).logprobs_at
-
-    def counting(self, hidden):
-        calls.append(hidden.shape[0])
-        return original(self, hidden)
-
-    monkeypatch.setattr(type(model), "logprobs_at", counting)
+    calls = count_logprobs_at(model, monkeypatch)
     monkeypatch.setattr(head_mod, "plain_head", lambda tm: None)
     module_path = model.loglikelihood(reqs)
     assert calls, "the fallback went through logprobs_at"
@@ -151,28 +157,14 @@ def test_a_token_budget_sizes_batches_beyond_batch_size(tiny_llama) -> None:
 
 
 def test_log_softmax_numerics_go_through_the_module(tiny_llama, monkeypatch) -> None:
-    calls: list[int] = []
-    original = type(tiny_llama).logprobs_at
-
-    def counting(self, hidden):
-        calls.append(hidden.shape[0])
-        return original(self, hidden)
-
-    monkeypatch.setattr(type(tiny_llama), "logprobs_at", counting)
+    calls = count_logprobs_at(tiny_llama, monkeypatch)
     reqs = requests()[:5]
     exact = tiny_llama.loglikelihood(reqs)
     assert calls == []
-    tiny_llama.head_numerics = "log_softmax"
-    try:
+    with head_numerics(tiny_llama, "log_softmax"):
         compat = tiny_llama.loglikelihood(reqs)
-    finally:
-        tiny_llama.head_numerics = "exact"
     assert calls
     for a, b in zip(exact, compat):
         assert abs(a.logprob - b.logprob) < 1e-4 and a.is_greedy == b.is_greedy
-    tiny_llama.head_numerics = "float16"
-    try:
-        with pytest.raises(ConfigError, match="head_numerics='float16'"):
-            tiny_llama.loglikelihood(reqs)
-    finally:
-        tiny_llama.head_numerics = "exact"
+    with head_numerics(tiny_llama, "float16"), pytest.raises(ConfigError, match="head_numerics='float16'"):
+        tiny_llama.loglikelihood(reqs)
