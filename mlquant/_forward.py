@@ -2,11 +2,11 @@
 
 * ``score_groups``: log-likelihood of continuations. Each batch of distinct contexts runs once (left-padded,
   key/value cache kept; at most ``batch_size`` rows, or with a ``max_batch_tokens`` budget as many rows as it holds,
-  up to ``BUDGET_MAX_ROWS``); the cache rows are then
-  selected for every continuation of those contexts, and the continuations run on top with explicit position ids.
+  up to ``BUDGET_MAX_ROWS``); the cache rows are then selected for every continuation of those contexts, and the
+  continuations run on top with explicit position ids.
   The LM head is applied only at the scored positions (each context's last position once for all its options), one
   block of the vocabulary at a time where it is a plain linear layer (:mod:`mlquant._head`).
-* ``rolling_logprobs``: log-likelihood of whole texts, LM head applied in chunks of positions.
+* ``rolling_logprobs``: log-likelihood of whole texts, LM head applied in chunks of positions (blocked, as above).
 * ``generate_batched``: left-padded batched generation with stop strings: greedy requests through
   :func:`mlquant._generate.greedy_rows` (finished rows leave the batch), sampled ones through ``model.generate``.
 """
