@@ -168,3 +168,10 @@ def test_log_softmax_numerics_go_through_the_module(tiny_llama, monkeypatch) -> 
         assert abs(a.logprob - b.logprob) < 1e-4 and a.is_greedy == b.is_greedy
     with head_numerics(tiny_llama, "float16"), pytest.raises(ConfigError, match="head_numerics='float16'"):
         tiny_llama.loglikelihood(reqs)
+
+
+def test_a_bad_token_budget_is_named(tiny_llama) -> None:
+    from mlquant.models import HFModel
+
+    with pytest.raises(ConfigError, match="max_batch_tokens must be >= 1 or None, got 0"):
+        HFModel(tiny_llama.torch_model, tiny_llama.tokenizer, tiny_llama.source, tiny_llama.spec, max_batch_tokens=0)

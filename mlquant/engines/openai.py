@@ -450,7 +450,12 @@ class OpenAIEngine:
 
     def context_limit(self) -> int | None:
         """Tokens a prompt may hold (``max_model_len``, else the server's from ``GET /v1/models``, asked once; None
-        where the server does not say or has no such route)."""
+        where the server does not say or has no such route).
+
+        Example:
+            >>> OpenAIEngine("http://127.0.0.1:8000", "my-model", max_model_len=4096).context_limit()
+            4096
+        """
         with self._lock:
             if self._asked_length:
                 return self._max_model_len
