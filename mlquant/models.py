@@ -188,6 +188,22 @@ class TokenEncoder:
         return ctx, self.text_ids(continuation)
 
 
+def fit_context(ctx: list[int], n_continuation: int, limit: int) -> list[int]:
+    """The context ids of a log-likelihood request cut so that context + continuation hold ``limit`` tokens: its first
+    token (BOS) and its last ones; unchanged when they fit.
+
+    Example:
+        >>> fit_context([1, 10, 11, 12, 13], 2, 5)
+        [1, 12, 13]
+        >>> fit_context([1, 10], 2, 5)
+        [1, 10]
+    """
+    if len(ctx) + n_continuation <= limit:
+        return ctx
+    keep = limit - n_continuation
+    return ctx[:1] + ctx[len(ctx) - keep + 1 :]
+
+
 #: Default :attr:`HFModel.max_batch_tokens` on a CPU.
 CPU_BATCH_TOKENS = 1536
 
@@ -330,9 +346,7 @@ class HFModel:
             ctx, cont = self.encode_pair(req.context, req.continuation)
             if not cont:
                 raise ConfigError(f"request {i}: the continuation {req.continuation!r} encodes to no tokens.")
-            if len(ctx) + len(cont) > self.max_length:
-                keep = self.max_length - len(cont)
-                ctx = ctx[:1] + ctx[len(ctx) - keep + 1 :]
+            ctx = fit_context(ctx, len(cont), self.max_length)
             groups.setdefault(tuple(ctx), []).append((i, cont))
         out: list[LoglikelihoodResult | None] = [None] * len(requests)
         passes = Passes()

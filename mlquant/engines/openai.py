@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mlquant.errors import ConfigError
-from mlquant.models import TokenEncoder
+from mlquant.models import TokenEncoder, fit_context
 from mlquant.requests import (
     GenerateRequest,
     LoglikelihoodRequest,
@@ -486,12 +486,12 @@ class OpenAIEngine:
             if not cont:
                 raise ConfigError(f"OpenAIEngine: request {i}: the continuation {req.continuation!r} encodes to no tokens.")
             limit = self.context_limit()
-            if limit is not None and len(ctx) + len(cont) + (self.echo_max_tokens or 0) > limit:
-                keep = limit - (self.echo_max_tokens or 0) - len(cont)  # as HFModel: BOS, then the context's last tokens
-                if keep < 1:
+            if limit is not None:
+                room = limit - (self.echo_max_tokens or 0)  # a generated token (max_tokens 1) takes a place too
+                if room - len(cont) < 1:
                     raise ConfigError(f"OpenAIEngine: request {i}: {what} has {len(cont)} tokens; the server's "
                                       f"context holds {limit}.")
-                ctx = ctx[:1] + ctx[len(ctx) - keep + 1 :]
+                ctx = fit_context(ctx, len(cont), room)  # as HFModel: BOS, then the context's last tokens
             echo = self.echo(ctx + cont)
             return LoglikelihoodResult(*self._scored(echo, range(len(ctx), len(ctx) + len(cont)), what))
         context = req.context.rstrip()
